@@ -1,0 +1,66 @@
+"""The ``safeinfer`` command. Each subcommand lives in its own ``_<name>.py`` module.
+
+A subcommand module defines ``register(subparsers)``, which adds its parser and sets
+``handler`` to a function that takes the parsed arguments and returns the exit code.
+Exit codes: 0 success, 1 the work found or produced failures, 2 usage or I/O errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from safeinfer._version import __version__
+from safeinfer.errors import SafeInferError
+
+#: Subcommand modules, in the order ``--help`` lists them.
+SUBCOMMANDS: tuple[str, ...] = ("clean",)
+
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full argument parser (also used to generate the command-line reference)."""
+    parser = argparse.ArgumentParser(
+        prog="safeinfer",
+        description="Safe outputs for diffusion inference in many processes.",
+    )
+    parser.add_argument("--version", action="version", version=f"safeinfer {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"safeinfer.cli._{name}")
+        module.register(subparsers)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    # The command line owns its process, so configuring the root logger is fine here;
+    # the library itself never does.
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``safeinfer`` command and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.handler(args)
+    except SafeInferError as error:
+        print(f"safeinfer {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"safeinfer {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code

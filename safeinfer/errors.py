@@ -1,0 +1,136 @@
+"""The exceptions that safeinfer raises.
+
+Every error derives from :class:`SafeInferError`, so ``except SafeInferError`` catches
+all of them. The tree::
+
+    SafeInferError
+    ├── WriteError                 publishing a file failed; the old file is intact
+    │   └── FileExistsConflict     if_exists="error" and the name is taken
+    ├── InvalidImageError          an image has the wrong shape, dtype or values (ValueError)
+    ├── InvalidNameError           a user-supplied file name cannot be made safe (ValueError)
+    ├── PngError                   a PNG could not be read
+    │   ├── CorruptPngError        the bytes break the PNG rules (carries a PngReport)
+    │   └── UnsupportedPngError    a valid PNG that uses a feature safeinfer does not handle
+    ├── ManifestError              a manifest line is invalid, or an entry is inconsistent
+    ├── LockTimeout                a mutex was not acquired in time (TimeoutError)
+    ├── GpuBindingError            the GPU choice is impossible, or came too late (RuntimeError)
+    ├── ModelError                 a model could not be found or loaded
+    ├── ConfigError                invalid job options or prompt files (ValueError)
+    ├── JobError                   a generate job finished with failed items
+    ├── LaunchError                a launched server kept failing
+    └── MissingDependencyError     an optional extra is not installed (ImportError)
+
+Errors that also fit a built-in category inherit from it as well, so code that already
+catches ``ValueError``, ``TimeoutError`` or ``ImportError`` keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "CorruptPngError",
+    "FileExistsConflict",
+    "GpuBindingError",
+    "InvalidImageError",
+    "InvalidNameError",
+    "JobError",
+    "LaunchError",
+    "LockTimeout",
+    "ManifestError",
+    "MissingDependencyError",
+    "ModelError",
+    "PngError",
+    "SafeInferError",
+    "UnsupportedPngError",
+    "WriteError",
+]
+
+
+class SafeInferError(Exception):
+    """Base class of every error raised by safeinfer."""
+
+
+class WriteError(SafeInferError, OSError):
+    """Publishing a file failed; no partial file is left and the previous file is intact.
+
+    ``path`` is the destination that was being written; ``__cause__`` holds the
+    underlying ``OSError`` when there is one, and ``errno`` mirrors it.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, errno: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class FileExistsConflict(WriteError, FileExistsError):
+    """The destination exists and ``if_exists="error"`` forbids replacing it."""
+
+
+class InvalidImageError(SafeInferError, ValueError):
+    """An image has an unsupported type, shape or dtype, or holds NaN or infinity."""
+
+
+class InvalidNameError(SafeInferError, ValueError):
+    """A user-supplied file name or stem cannot be made into a safe name."""
+
+
+class PngError(SafeInferError):
+    """A PNG file could not be read or checked."""
+
+
+class CorruptPngError(PngError):
+    """The bytes break the PNG rules. ``report`` holds every problem found, when known."""
+
+    def __init__(self, message: str, *, report: Any = None):
+        super().__init__(message)
+        self.report = report
+
+
+class UnsupportedPngError(PngError):
+    """The PNG is valid, but uses a feature that safeinfer does not handle."""
+
+
+class ManifestError(SafeInferError, ValueError):
+    """A manifest line is invalid, or a manifest disagrees with the files."""
+
+
+class LockTimeout(SafeInferError, TimeoutError):
+    """A mutex was not acquired within its timeout. ``lock_file`` names the lock."""
+
+    def __init__(self, message: str, *, lock_file: str | None = None):
+        super().__init__(message)
+        self.lock_file = lock_file
+
+
+class GpuBindingError(SafeInferError, RuntimeError):
+    """The requested GPU binding is impossible, or CUDA was initialised before binding."""
+
+
+class ModelError(SafeInferError):
+    """A model could not be found or loaded."""
+
+
+class ConfigError(SafeInferError, ValueError):
+    """Job options or a prompt file are invalid. The message names the value or line."""
+
+
+class JobError(SafeInferError):
+    """A job finished, but some items failed. ``failed`` lists their ids."""
+
+    def __init__(self, message: str, *, failed: list[str] | None = None):
+        super().__init__(message)
+        self.failed = failed or []
+
+
+class LaunchError(SafeInferError):
+    """A launched worker or server kept failing and was given up."""
+
+
+class MissingDependencyError(SafeInferError, ImportError):
+    """An optional dependency is missing. The message names the extra to install."""
