@@ -7,6 +7,7 @@ all of them. The tree::
     ├── WriteError                 publishing a file failed; the old file is intact
     │   └── FileExistsConflict     if_exists="error" and the name is taken
     ├── InvalidImageError          an image has the wrong shape, dtype or values (ValueError)
+    ├── InvalidMetadataError       metadata cannot be stored as PNG text (ValueError)
     ├── InvalidNameError           a user-supplied file name cannot be made safe (ValueError)
     ├── PngError                   a PNG could not be read
     │   ├── CorruptPngError        the bytes break the PNG rules (carries a PngReport)
@@ -34,6 +35,7 @@ __all__ = [
     "FileExistsConflict",
     "GpuBindingError",
     "InvalidImageError",
+    "InvalidMetadataError",
     "InvalidNameError",
     "JobError",
     "LaunchError",
@@ -74,6 +76,11 @@ class FileExistsConflict(WriteError, FileExistsError):
 
 class InvalidImageError(SafeInferError, ValueError):
     """An image has an unsupported type, shape or dtype, or holds NaN or infinity."""
+
+
+class InvalidMetadataError(SafeInferError, ValueError):
+    """Metadata cannot be stored as PNG text: NUL in a string, a bad keyword, or a value
+    that is not JSON-serialisable."""
 
 
 class InvalidNameError(SafeInferError, ValueError):
