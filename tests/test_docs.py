@@ -1,0 +1,219 @@
+"""The docs stay true: their code runs, the CLI reference matches the parser, the site builds.
+
+Python blocks in README.md and docs/quickstart.md run in order, as one script per file, in
+an empty working directory. The site is built with ``mkdocs build --strict``, and builds of
+small sites with a deliberately broken link, anchor or API reference must fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MKDOCS_YML = REPO_ROOT / "mkdocs.yml"
+CODE_RUN_TIMEOUT_S = 300
+BUILD_TIMEOUT_S = 180
+
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _python_blocks(path: Path) -> list[str]:
+    return _PYTHON_BLOCK.findall(path.read_text(encoding="utf-8"))
+
+
+def _docs_env() -> dict[str, str]:
+    # The Material theme prints a banner about MkDocs 2 on every build. It says nothing about
+    # this site, so keep it out of the output that a failure shows.
+    return {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+
+
+def _load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "gen_cli_docs", REPO_ROOT / "scripts" / "gen_cli_docs.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/quickstart.md"])
+def test_python_blocks_run(document: str, tmp_path: Path) -> None:
+    blocks = _python_blocks(REPO_ROOT / document)
+    assert blocks, f"{document} has no python block"
+
+    script = tmp_path / "blocks.py"
+    script.write_text("\n".join(blocks), encoding="utf-8")
+    completed = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=CODE_RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_readme_relative_links_exist() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    targets = [
+        target.split("#", 1)[0]
+        for target in _MARKDOWN_LINK.findall(readme)
+        if "://" not in target and not target.startswith("#")
+    ]
+    assert targets
+    missing = [target for target in targets if not (REPO_ROOT / target).exists()]
+    assert missing == []
+
+
+def test_cli_reference_matches_parser() -> None:
+    generator = _load_generator()
+    page = REPO_ROOT / "docs" / "reference" / "cli.md"
+    assert page.read_text(encoding="utf-8") == generator.render(), (
+        "docs/reference/cli.md is stale: run python scripts/gen_cli_docs.py"
+    )
+
+
+def test_cli_reference_lists_subcommands() -> None:
+    from safeinfer.cli import SUBCOMMANDS
+
+    page = (REPO_ROOT / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
+    for name in SUBCOMMANDS:
+        assert f"## `safeinfer {name}`" in page, name
+        assert f"usage: safeinfer {name}" in page, name
+
+
+def test_cli_check_flags_stale_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = _load_generator()
+    stale = tmp_path / "cli.md"
+    stale.write_text("# Command line\n\nout of date\n", encoding="utf-8")
+    monkeypatch.setattr(generator, "CLI_PAGE", stale)
+    monkeypatch.setattr(generator, "REPO_ROOT", tmp_path)
+
+    assert generator.main(["--check"]) == 1
+    assert stale.read_text(encoding="utf-8") == "# Command line\n\nout of date\n"
+    assert generator.main([]) == 0
+    assert generator.main(["--check"]) == 0
+
+
+def test_site_builds_strict(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=_docs_env(),
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert (tmp_path / "index.html").exists()
+    assert (tmp_path / "reference" / "cli" / "index.html").exists()
+
+
+#: A page with a heading to link to and API blocks to refer to. The errors module is there
+#: because the naming module's docstrings refer to it.
+OTHER_PAGE = "# Other\n\n## Details\n\n::: safeinfer.naming\n\n::: safeinfer.errors\n"
+
+
+def _build_small_site(
+    tmp_path: Path, pages: dict[str, str], *, keep_hooks: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Build a site of ``pages`` with the project's own configuration, minus its nav."""
+    docs = tmp_path / "docs"
+    for name, text in pages.items():
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(text, encoding="utf-8")
+
+    config: dict[str, Any] = yaml.safe_load(MKDOCS_YML.read_text(encoding="utf-8"))
+    config["docs_dir"] = str(docs)
+    config["nav"] = list(pages)
+    if keep_hooks:
+        config["hooks"] = [str(REPO_ROOT / hook) for hook in config["hooks"]]
+    else:
+        config.pop("hooks")
+    handler = config["plugins"][2]["mkdocstrings"]["handlers"]["python"]
+    handler["paths"] = [str(REPO_ROOT)]
+    handler["options"]["extensions"] = [
+        str(REPO_ROOT / extension) for extension in handler["options"]["extensions"]
+    ]
+    config_file = tmp_path / "mkdocs.yml"
+    config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config_file)],
+        cwd=REPO_ROOT,
+        env=_docs_env(),
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_small_site_builds(tmp_path: Path) -> None:
+    # The control for the failing builds below: the same setup with valid links passes.
+    completed = _build_small_site(
+        tmp_path,
+        {
+            "index.md": "# Home\n\nSee [the other page](other.md#details) and "
+            "[`unique_name`][safeinfer.naming.unique_name].\n",
+            "other.md": OTHER_PAGE,
+        },
+    )
+    assert completed.returncode == 0, completed.stderr
+
+
+BROKEN_PAGES = {
+    "missing page": ("[gone](missing.md)", "missing.md"),
+    "missing anchor": ("[gone](other.md#no-such-heading)", "no-such-heading"),
+    "missing API object": ("[gone][safeinfer.naming.no_such_function]", "no_such_function"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_PAGES.values(), ids=list(BROKEN_PAGES))
+def test_broken_reference_fails_build(case: tuple[str, str], tmp_path: Path) -> None:
+    link, name_in_message = case
+    completed = _build_small_site(
+        tmp_path,
+        {
+            "index.md": f"# Home\n\n{link}\n",
+            "other.md": OTHER_PAGE,
+        },
+    )
+    assert completed.returncode != 0
+    assert name_in_message in completed.stderr
+
+
+def test_page_outside_nav_fails_build(tmp_path: Path) -> None:
+    docs = {"index.md": "# Home\n"}
+    completed = _build_small_site(tmp_path, docs)
+    assert completed.returncode == 0, completed.stderr
+
+    (tmp_path / "docs" / "orphan.md").write_text("# Orphan\n", encoding="utf-8")
+    completed = _build_small_site(tmp_path, docs)
+    assert completed.returncode != 0
+    assert "orphan.md" in completed.stderr
+
+
+def test_stale_cli_reference_fails_build(tmp_path: Path) -> None:
+    completed = _build_small_site(
+        tmp_path,
+        {"index.md": "# Home\n", "reference/cli.md": "# Command line\n\nout of date\n"},
+        keep_hooks=True,
+    )
+    assert completed.returncode != 0
+    assert "does not match `safeinfer --help`" in completed.stderr
