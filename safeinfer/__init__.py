@@ -24,6 +24,7 @@ from safeinfer.errors import (
     InvalidNameError,
     JobError,
     LaunchError,
+    LockError,
     LockTimeout,
     ManifestError,
     MissingDependencyError,
@@ -35,6 +36,7 @@ from safeinfer.errors import (
 )
 
 if TYPE_CHECKING:
+    from safeinfer._display import show_grid
     from safeinfer.gpu import GpuBinding, bind_gpu, claim_gpu
     from safeinfer.jobs import generate
     from safeinfer.locks import mutex
@@ -70,6 +72,7 @@ _LAZY: dict[str, str] = {
     "mutex": "safeinfer.locks",
     "SafePipeline": "safeinfer.pipeline",
     "generate": "safeinfer.jobs",
+    "show_grid": "safeinfer._display",
 }
 
 __all__ = [
@@ -82,6 +85,7 @@ __all__ = [
     "InvalidNameError",
     "JobError",
     "LaunchError",
+    "LockError",
     "LockTimeout",
     "Manifest",
     "ManifestError",
@@ -107,6 +111,7 @@ __all__ = [
     "save_image",
     "save_png",
     "scan",
+    "show_grid",
     "verify_png",
 ]
 

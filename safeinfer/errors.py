@@ -13,7 +13,8 @@ all of them. The tree::
     │   ├── CorruptPngError        the bytes break the PNG rules (carries a PngReport)
     │   └── UnsupportedPngError    a valid PNG that uses a feature safeinfer does not handle
     ├── ManifestError              a manifest line is invalid, or an entry is inconsistent
-    ├── LockTimeout                a mutex was not acquired in time (TimeoutError)
+    ├── LockError                  a lock file could not be used (OSError)
+    │   └── LockTimeout            a mutex was not acquired in time (TimeoutError)
     ├── GpuBindingError            the GPU choice is impossible, or came too late (RuntimeError)
     ├── ModelError                 a model could not be found or loaded
     ├── ConfigError                invalid job options or prompt files (ValueError)
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidNameError",
     "JobError",
     "LaunchError",
+    "LockError",
     "LockTimeout",
     "ManifestError",
     "MissingDependencyError",
@@ -107,12 +109,37 @@ class ManifestError(SafeInferError, ValueError):
     """A manifest line is invalid, or a manifest disagrees with the files."""
 
 
-class LockTimeout(SafeInferError, TimeoutError):
-    """A mutex was not acquired within its timeout. ``lock_file`` names the lock."""
+class LockError(SafeInferError, OSError):
+    """A lock file could not be used (a symlink at its path, a failed open or flock).
+
+    ``lock_file`` names the lock file; ``__cause__`` holds the underlying ``OSError``.
+    """
 
     def __init__(self, message: str, *, lock_file: str | None = None):
         super().__init__(message)
         self.lock_file = lock_file
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class LockTimeout(LockError, TimeoutError):
+    """A mutex was not acquired within its timeout. ``lock_file`` names the lock.
+
+    ``holder_pid`` and ``holder_host`` name the holding process when it recorded itself.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        lock_file: str | None = None,
+        holder_pid: int | None = None,
+        holder_host: str | None = None,
+    ):
+        super().__init__(message, lock_file=lock_file)
+        self.holder_pid = holder_pid
+        self.holder_host = holder_host
 
 
 class GpuBindingError(SafeInferError, RuntimeError):

@@ -1,0 +1,49 @@
+"""The environment a launcher gives each child worker."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from safeinfer.gpu._plan import CPU, SAFEINFER_GPU_ENV, VISIBLE_DEVICES_ENV, parse_visible_devices
+from safeinfer.gpu._threads import THREAD_ENV_VARS
+
+__all__ = ["worker_env"]
+
+
+def worker_env(
+    *, gpu: str | None, threads: int | None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Return the environment for a child worker that owns ``gpu`` and ``threads`` threads.
+
+    ``gpu`` is a physical id (an index, ``GPU-`` UUID or ``MIG-`` id); ``None`` or
+    ``"cpu"`` makes a CPU worker, whose ``CUDA_VISIBLE_DEVICES`` is empty. The child sees
+    only its GPU as ``cuda:0``, and ``SAFEINFER_GPU`` tells its ``bind_gpu`` which one it
+    is. ``threads=None`` leaves the thread variables as ``base`` (default ``os.environ``)
+    has them. Every other variable is copied unchanged.
+
+    >>> env = worker_env(gpu="3", threads=4, base={"PATH": "/usr/bin"})
+    >>> env["CUDA_VISIBLE_DEVICES"], env["SAFEINFER_GPU"], env["OMP_NUM_THREADS"]
+    ('3', '3', '4')
+    """
+    env = dict(os.environ if base is None else base)
+    if gpu is None or gpu.strip().lower() == CPU:
+        env[VISIBLE_DEVICES_ENV] = ""
+        env[SAFEINFER_GPU_ENV] = CPU
+    else:
+        parsed = parse_visible_devices(gpu.strip())
+        if parsed is None or len(parsed) != 1 or "," in gpu:
+            raise ValueError(
+                f"invalid GPU id {gpu!r}: expected one index, GPU- UUID or MIG- id, "
+                "as CUDA_VISIBLE_DEVICES lists them"
+            )
+        gpu_id = parsed[0]
+        env[VISIBLE_DEVICES_ENV] = gpu_id
+        env[SAFEINFER_GPU_ENV] = gpu_id
+
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"invalid thread count {threads!r}: expected an integer >= 1")
+        for name in THREAD_ENV_VARS:
+            env[name] = str(threads)
+    return env
