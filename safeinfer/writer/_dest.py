@@ -1,0 +1,67 @@
+"""Turn save_png's ``dest`` and ``name`` into a target path and an if_exists policy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from safeinfer.errors import InvalidNameError
+from safeinfer.naming import sanitize_stem, unique_name
+from safeinfer.writer._result import IfExists
+
+
+def is_directory_destination(dest: str | os.PathLike[str]) -> bool:
+    """Tell whether ``dest`` is a directory, ends with a separator, or has no suffix."""
+    text = os.fspath(dest)
+    separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
+    path = Path(text)
+    return text.endswith(separators) or path.is_dir() or not path.suffix
+
+
+def _stem_of(name: str, suffixes: tuple[str, ...]) -> str:
+    # name="cat.png" means the stem "cat", not a file "cat.png.png".
+    for suffix in suffixes:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def resolve_destination(
+    dest: str | os.PathLike[str],
+    *,
+    name: str | None,
+    suffixes: tuple[str, ...],
+    if_exists: IfExists | None,
+) -> tuple[Path, IfExists]:
+    """Return the target path and the if_exists policy for a save into ``dest``.
+
+    ``suffixes`` are the accepted file suffixes in lower case, the first being the one
+    given to generated names. In a directory, if_exists defaults to "unique" and the name
+    is ``unique_name(name)``; with "replace" or "error" the file is ``<name><suffix>``, so
+    ``name`` is then required. For a file path, if_exists defaults to "error" and the
+    suffix must be one of ``suffixes``.
+    """
+    path = Path(dest)
+    if is_directory_destination(dest):
+        policy: IfExists = if_exists or "unique"
+        if policy == "unique":
+            stem = None if name is None else _stem_of(name, suffixes)
+            return path / unique_name(stem, suffix=suffixes[0]), policy
+        if name is None:
+            raise InvalidNameError(
+                f"if_exists={policy!r} with the directory {str(dest)!r} needs name=...: "
+                "only 'unique' chooses a file name by itself"
+            )
+        return path / (sanitize_stem(_stem_of(name, suffixes)) + suffixes[0]), policy
+
+    if name is not None:
+        raise InvalidNameError(
+            f"name={name!r} applies only when dest is a directory, but {str(dest)!r} is a "
+            "file path; end dest with '/' to mean a directory"
+        )
+    if path.suffix.lower() not in suffixes:
+        raise InvalidNameError(
+            f"invalid destination {str(dest)!r}: expected a file name ending in "
+            f"{' or '.join(suffixes)}, or a directory (end it with '/')"
+        )
+    return path, if_exists or "error"
