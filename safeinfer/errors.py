@@ -19,6 +19,7 @@ all of them. The tree::
     ├── ModelError                 a model could not be found or loaded
     ├── ConfigError                invalid job options or prompt files (ValueError)
     ├── JobError                   a generate job finished with failed items
+    │   └── JobInterrupted         SIGINT or SIGTERM stopped a job; it can be resumed
     ├── LaunchError                a launched server kept failing
     └── MissingDependencyError     an optional extra is not installed (ImportError)
 
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidMetadataError",
     "InvalidNameError",
     "JobError",
+    "JobInterrupted",
     "LaunchError",
     "LockError",
     "LockTimeout",
@@ -155,11 +157,29 @@ class ConfigError(SafeInferError, ValueError):
 
 
 class JobError(SafeInferError):
-    """A job finished, but some items failed. ``failed`` lists their ids."""
+    """A job finished, but some items failed. ``failed`` lists their ids.
 
-    def __init__(self, message: str, *, failed: list[str] | None = None):
+    ``summary`` is the job's summary (a ``safeinfer.jobs.JobSummary``) when the job ran.
+    """
+
+    def __init__(self, message: str, *, failed: list[str] | None = None, summary: Any = None):
         super().__init__(message)
         self.failed = failed or []
+        self.summary = summary
+
+
+class JobInterrupted(JobError):
+    """SIGINT or SIGTERM stopped a job before it finished. ``signal`` is the signal number.
+
+    Finished images are written and recorded, so running the job again with resume
+    makes only the rest.
+    """
+
+    def __init__(
+        self, message: str, *, signal: int, failed: list[str] | None = None, summary: Any = None
+    ):
+        super().__init__(message, failed=failed, summary=summary)
+        self.signal = signal
 
 
 class LaunchError(SafeInferError):
