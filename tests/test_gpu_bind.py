@@ -74,10 +74,10 @@ def bind_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def stub_torch(*, initialized: bool) -> types.ModuleType:
-    """A stand-in for torch whose CUDA reports ``initialized``.
+    """A stand-in for torch whose ``cuda.is_initialized()`` returns ``initialized``.
 
-    A CPU build of torch can never report CUDA as initialised, so the late-binding path
-    is driven by this stub; the detection reads nothing else from torch.
+    A CPU build of torch never reports CUDA as initialised, so this stub drives the
+    late-binding path. The detection reads nothing else from torch.
     """
     module = types.ModuleType("torch")
     module.cuda = types.SimpleNamespace(is_initialized=lambda: initialized)  # type: ignore[attr-defined]

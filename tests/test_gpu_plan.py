@@ -135,7 +135,7 @@ def test_plan_more_ranks_than_gpus_raises() -> None:
     assert "CUDA_VISIBLE_DEVICES=3,5" in message
 
 
-def test_plan_local_world_size_too_big_raises_on_rank_zero() -> None:
+def test_plan_oversized_local_world_raises() -> None:
     env = {"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4"}
     with pytest.raises(GpuBindingError, match=r"LOCAL_WORLD_SIZE=4 .* only 2 GPU"):
         plan_gpu(env, device_count=2)

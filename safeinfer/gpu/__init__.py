@@ -1,4 +1,4 @@
-"""Which GPU this process owns, decided before CUDA starts; CPU thread budgets.
+"""GPU binding decided before CUDA starts, GPU claims, and CPU thread budgets.
 
 >>> from safeinfer.gpu import bind_gpu
 >>> binding = bind_gpu()          # before any CUDA call           # doctest: +SKIP

@@ -44,7 +44,7 @@ class CudaState(enum.Enum):
 
 
 def cuda_state(*, torch_module: Any = None, proc_maps: str | None = None) -> CudaState:
-    """Tell whether CUDA_VISIBLE_DEVICES can still change the GPUs this process sees.
+    """Report whether CUDA_VISIBLE_DEVICES can still change the GPUs this process uses.
 
     Never imports torch: ``torch_module`` defaults to ``sys.modules.get("torch")``.
     ``torch.cuda.is_initialized()`` covers torch's own start-up. ``is_available()`` and
@@ -75,9 +75,9 @@ def bind_gpu(
     also sets ``SAFEINFER_GPU``, so a second call and child processes agree with it.
 
     When CUDA already started here and the narrowed list differs from the current one,
-    ``strict=True`` raises :class:`~safeinfer.errors.GpuBindingError`; ``strict=False``
-    logs a warning, leaves the environment alone and returns the device under the current
-    list. On a host where NVML reports no NVIDIA driver the device is ``cpu``, while
+    ``strict=True`` raises :class:`~safeinfer.errors.GpuBindingError`. ``strict=False``
+    logs a warning instead, leaves the environment alone and returns the device under the
+    current list. On a host where NVML reports no NVIDIA driver the device is ``cpu``, while
     ``physical_id`` and ``visible_devices`` still show the plan.
 
     >>> from safeinfer.gpu import bind_gpu
@@ -124,14 +124,14 @@ def _apply(binding: GpuBinding, *, strict: bool, driver: bool | None) -> GpuBind
 
 
 def _late_binding_message(binding: GpuBinding, current: str | None, state: CudaState) -> str:
-    why = (
+    reason = (
         "torch has already initialised CUDA in this process"
         if state is CudaState.INITIALIZED
         else "the CUDA driver is already loaded in this process "
         "(torch.cuda.is_available() and device_count() load it)"
     )
     return (
-        f"cannot bind GPU {binding.physical_id or CPU} ({binding.source}): {why}, and it read "
+        f"cannot bind GPU {binding.physical_id or CPU} ({binding.source}): {reason}, and it read "
         f"{VISIBLE_DEVICES_ENV}={_shown(current)} at start-up, so narrowing it to "
         f"{binding.visible_devices!r} has no effect. Call bind_gpu() before the first CUDA "
         f"call (before torch.cuda.is_available()), or launch the process with "

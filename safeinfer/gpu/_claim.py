@@ -30,7 +30,7 @@ _POLL_INTERVAL: Final = 0.05
 
 
 class GpuClaim:
-    """A leased GPU: ``binding`` says which; the lease lasts until :meth:`release`.
+    """A leased GPU, named by ``binding``. The lease lasts until :meth:`release`.
 
     The lease is an flock on ``gpu-<host>-<id>.lock``, so the kernel ends it when the
     process dies, however it dies.

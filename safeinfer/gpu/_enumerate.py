@@ -22,10 +22,10 @@ _DEVICE_NODE: Final = re.compile(r"nvidia[0-9]+")
 
 @dataclass(frozen=True)
 class GpuInventory:
-    """What this process knows about the host's GPUs before CUDA starts.
+    """The host's GPUs as far as they can be counted before CUDA starts.
 
     ``count`` is the number of physical GPUs, or ``None`` when only
-    ``CUDA_VISIBLE_DEVICES`` says which exist. ``driver`` is ``True`` when NVML answered,
+    ``CUDA_VISIBLE_DEVICES`` lists which exist. ``driver`` is ``True`` when NVML answered,
     ``False`` when NVML reported that no NVIDIA driver is installed, ``None`` when nobody
     could tell. ``source`` names where the count came from.
     """

@@ -22,7 +22,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The variable CUDA reads once, at driver initialisation, to decide which GPUs a process sees.
+#: The variable CUDA reads once, at driver initialisation, to pick the GPUs a process can use.
 VISIBLE_DEVICES_ENV: Final = "CUDA_VISIBLE_DEVICES"
 
 #: Set by this project's launcher (and by ``bind_gpu``) to the physical id a worker owns.
@@ -31,7 +31,7 @@ SAFEINFER_GPU_ENV: Final = "SAFEINFER_GPU"
 #: The device string, and the value of ``SAFEINFER_GPU``, for a process without a GPU.
 CPU: Final = "cpu"
 
-#: Local-rank variables in priority order, each with the variable that holds the number
+#: Local-rank variables in priority order, each with the variable that contains the number
 #: of processes on this node (``None`` where the launcher sets none reliably).
 #: The global ``RANK`` is deliberately absent: it counts processes across all nodes.
 LOCAL_RANK_VARIABLES: Final[tuple[tuple[str, str | None], ...]] = (
@@ -46,7 +46,7 @@ LOCAL_RANK_VARIABLES: Final[tuple[tuple[str, str | None], ...]] = (
 #: ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned to a task or actor.
 RAY_WORKER_ENV: Final = "RAY_RAYLET_PID"
 
-#: Set by ``srun --gpus-per-task``; each task then sees only its own GPUs.
+#: Set by ``srun --gpus-per-task``, which gives each task a list of only its own GPUs.
 SLURM_GPUS_PER_TASK_ENV: Final = "SLURM_GPUS_PER_TASK"
 
 #: Global-rank variables, only used to warn when no local rank is set.
@@ -57,10 +57,10 @@ _GLOBAL_RANK_VARIABLES: Final = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK",
 class GpuBinding:
     """The GPU (or CPU) one process uses, and where the choice came from.
 
-    ``device`` is what to pass to torch (``"cuda:0"`` or ``"cpu"``); ``ordinal`` is the
-    torch device index after ``CUDA_VISIBLE_DEVICES`` was narrowed to ``visible_devices``;
+    ``device`` is the torch device (``"cuda:0"`` or ``"cpu"``). ``ordinal`` is the torch
+    device index after ``CUDA_VISIBLE_DEVICES`` was narrowed to ``visible_devices``.
     ``physical_id`` is the id as ``CUDA_VISIBLE_DEVICES`` or NVML list it (an index, a
-    ``GPU-`` UUID or a ``MIG-`` id); ``source`` names the rule that decided.
+    ``GPU-`` UUID or a ``MIG-`` id). ``source`` names the rule that decided.
     """
 
     device: str
@@ -122,22 +122,26 @@ def plan_gpu(
 ) -> GpuBinding:
     """Choose this process's GPU from ``env`` and the GPU count, without side effects.
 
-    Sources in order: ``gpu`` (an ``int`` is an index into the visible GPUs, a ``str``
-    an id as ``CUDA_VISIBLE_DEVICES`` lists it, ``"cpu"`` forces the CPU);
-    ``SAFEINFER_GPU``; the first local-rank variable of :data:`LOCAL_RANK_VARIABLES`;
-    a Ray worker's narrowed ``CUDA_VISIBLE_DEVICES``; otherwise the first visible GPU,
-    or the CPU when there is none. ``device_count`` is the number of physical GPUs on
-    the host; ``None`` trusts ``CUDA_VISIBLE_DEVICES`` and counts 0 GPUs when it is
-    unset. The binding narrows ``CUDA_VISIBLE_DEVICES`` to the chosen id, so its device
-    is always ``cuda:0`` or ``cpu``.
+       Sources in order:
 
-    With ``strict=True`` an impossible choice (more local ranks than GPUs, an id that is
-    not visible) raises :class:`~safeinfer.errors.GpuBindingError`; with ``strict=False``
-    it logs a warning and returns the best choice (ranks wrap around the GPUs).
+       1. ``gpu``: an ``int`` indexes the visible GPUs, a ``str`` is an id as
+          ``CUDA_VISIBLE_DEVICES`` lists it, and ``"cpu"`` forces the CPU.
+       2. ``SAFEINFER_GPU``.
+       3. The first local-rank variable of :data:`LOCAL_RANK_VARIABLES` that is set.
+       4. A Ray worker's narrowed ``CUDA_VISIBLE_DEVICES``.
+       5. The first visible GPU, or the CPU when there is none.
+    ``device_count`` is the number of physical GPUs on
+       the host; ``None`` trusts ``CUDA_VISIBLE_DEVICES`` and counts 0 GPUs when it is
+       unset. The binding narrows ``CUDA_VISIBLE_DEVICES`` to the chosen id, so its device
+       is always ``cuda:0`` or ``cpu``.
 
-    >>> binding = plan_gpu({"CUDA_VISIBLE_DEVICES": "3,5", "LOCAL_RANK": "1"})
-    >>> binding.device, binding.physical_id, binding.source
-    ('cuda:0', '5', 'LOCAL_RANK')
+       With ``strict=True`` an impossible choice (more local ranks than GPUs, an id that is
+       not visible) raises :class:`~safeinfer.errors.GpuBindingError`; with ``strict=False``
+       it logs a warning and returns the best choice (ranks wrap around the GPUs).
+
+       >>> binding = plan_gpu({"CUDA_VISIBLE_DEVICES": "3,5", "LOCAL_RANK": "1"})
+       >>> binding.device, binding.physical_id, binding.source
+       ('cuda:0', '5', 'LOCAL_RANK')
     """
     visible = visible_gpu_ids(env, device_count=device_count)
     physical_id, source = _choose(env, visible, gpu=gpu, strict=strict)

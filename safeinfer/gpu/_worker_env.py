@@ -17,10 +17,10 @@ def worker_env(
     """Return the environment for a child worker that owns ``gpu`` and ``threads`` threads.
 
     ``gpu`` is a physical id (an index, ``GPU-`` UUID or ``MIG-`` id); ``None`` or
-    ``"cpu"`` makes a CPU worker, whose ``CUDA_VISIBLE_DEVICES`` is empty. The child sees
-    only its GPU as ``cuda:0``, and ``SAFEINFER_GPU`` tells its ``bind_gpu`` which one it
-    is. ``threads=None`` leaves the thread variables as ``base`` (default ``os.environ``)
-    has them. Every other variable is copied unchanged.
+    ``"cpu"`` makes a CPU worker, whose ``CUDA_VISIBLE_DEVICES`` is empty. CUDA in the
+    child can only use that GPU, as ``cuda:0``, and ``SAFEINFER_GPU`` gives the child's
+    ``bind_gpu`` the physical id. ``threads=None`` leaves the thread variables as ``base``
+    (default ``os.environ``) has them. Every other variable is copied unchanged.
 
     >>> env = worker_env(gpu="3", threads=4, base={"PATH": "/usr/bin"})
     >>> env["CUDA_VISIBLE_DEVICES"], env["SAFEINFER_GPU"], env["OMP_NUM_THREADS"]

@@ -4,9 +4,9 @@
 >>> with mutex("index", timeout=30):                     # doctest: +SKIP
 ...     rebuild_index()
 
-A mutex is a lock file in a lock directory. By default it is an flock lock: the kernel
-releases it when the holder dies, the file is never deleted on release, and each holder
-writes its pid and host into the file so a waiter that times out can name it. For
+A mutex is a lock file in a lock directory. By default it is an flock lock, which the
+kernel releases when the holder dies. The file is never deleted on release. Each holder
+writes its pid and host into the file, so a waiter that times out can name it. For
 directories on NFS, Lustre or GPFS, where flock may not exclude across hosts, pass
 ``shared_fs`` (see :data:`SharedFs`).
 """

@@ -1,6 +1,6 @@
 """The holder record: which process took a lock, written into the lock file itself.
 
-flock keeps no owner, so a waiter that times out could only say "someone holds it".
+flock records no owner, so a waiter that times out could not name the holder.
 Each holder therefore writes one short line into the lock file right after it gets the
 lock. The record is advisory: it names the last process that acquired the lock, which
 is still the holder while the lock is taken (a child that inherited the descriptor can

@@ -62,7 +62,7 @@ class Mutex:
 
     Create one with :func:`mutex`. The object is a reentrant context manager: nested
     ``with`` blocks on the same object count levels. Threads exclude each other only when
-    each one creates its own ``Mutex`` (each holds its own descriptor).
+    each one creates its own ``Mutex``, because each object opens its own descriptor.
     """
 
     def __init__(
@@ -204,7 +204,7 @@ def _build_lock(
     if kind == "flock":
         # preserve_lock_file keeps the pathname on release (deleting it would split later
         # waiters across two inodes) and turns off filelock's silent switch to soft locks
-        # on file systems without flock, where an error is the honest answer.
+        # on file systems without flock, where an error is the honest result.
         return filelock.FileLock(
             path,
             mode=mode,
@@ -222,14 +222,14 @@ def _build_lock(
 
 def _reject_symlink(path: Path) -> None:
     # filelock opens lock files with O_NOFOLLOW, which fails with ELOOP; checking first
-    # turns that into a message that says what to remove.
+    # turns that into a message that names the link to remove.
     try:
         info = path.lstat()
     except FileNotFoundError:
         return
     if stat.S_ISLNK(info.st_mode):
         raise LockError(
-            f"refusing the lock file {path}: it is a symbolic link, and lock files are opened "
+            f"cannot use the lock file {path}: it is a symbolic link, and lock files are opened "
             "without following links; remove the link",
             lock_file=str(path),
         )

@@ -1,4 +1,4 @@
-"""Where lock files live and how a lock name becomes a file name."""
+"""The lock directory, and the mapping from lock names to file names."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ LOCK_DIR_ENV: Final = "SAFEINFER_LOCK_DIR"
 #: Suffix of every lock file, so a directory listing shows what the files are for.
 LOCK_SUFFIX: Final = ".lock"
 
-#: Longest lock-name stem kept verbatim; longer names are cut and get a hash suffix.
+#: Maximum lock-name stem kept verbatim; longer names are cut and get a hash suffix.
 #: File systems allow 255 bytes per name, and soft locks add break and restore names
 #: of about 50 bytes beside the marker.
 _MAX_STEM_CHARS: Final = 120
@@ -84,7 +84,7 @@ def prepare_lock_dir(lock_dir: str | os.PathLike[str] | None) -> Path:
     owned = not hasattr(os, "getuid") or info.st_uid == os.getuid()
     if not stat.S_ISDIR(info.st_mode) or not owned:
         raise LockError(
-            f"refusing the lock directory {path}: it is not a directory owned by this user; "
+            f"cannot use the lock directory {path}: it is not a directory owned by this user; "
             f"remove it, or set {LOCK_DIR_ENV} to another directory",
             lock_file=str(path),
         )
