@@ -122,6 +122,9 @@ class ImageDataChecker:
         self._produced = 0
         self._adler = 1
         self._last_offset = 0
+        #: Offset of the IDAT chunk being fed. Faults found in decompressed bytes name the
+        #: chunk, because the inflater buffers input and the exact byte is not known.
+        self.chunk_offset = 0
 
     def feed(self, data: memoryview, offset: int) -> None:
         """Take the next piece of IDAT data; ``offset`` is its first byte's file offset."""
@@ -167,12 +170,14 @@ class ImageDataChecker:
                 try:
                     out = self._decompressor.decompress(pending, INFLATE_OUTPUT_SIZE)
                 except ZLIB_ERRORS as error:
-                    where = offset + position
+                    where = self.chunk_offset
                     self._fail(
-                        BAD_ZLIB, where, f"invalid deflate data near offset {where}: {error}"
+                        BAD_ZLIB,
+                        where,
+                        f"invalid deflate data in the IDAT chunk at offset {where}: {error}",
                     )
                     return data[:0], offset
-                if out and not self._check_output(out, offset + position):
+                if out and not self._check_output(out):
                     return data[:0], offset
                 if self._decompressor.eof:
                     self._inflating = False
@@ -184,25 +189,39 @@ class ImageDataChecker:
                 if not out and len(tail) == len(pending):
                     # zlib consumes input or produces output on every call; this is a guard
                     # against a backend that does neither, which would loop forever.
-                    where = offset + position
-                    self._fail(BAD_ZLIB, where, f"inflate made no progress at offset {where}")
+                    where = self.chunk_offset
+                    self._fail(
+                        BAD_ZLIB,
+                        where,
+                        f"inflate made no progress in the IDAT chunk at offset {where}",
+                    )
                     return data[:0], offset
                 pending = tail
             position += len(piece)
         return data[:0], offset + len(data)
 
-    def _check_output(self, out: bytes, offset: int) -> bool:
+    def _check_output(self, out: bytes) -> bool:
         start = self._produced
-        end = start + len(out)
-        if end > self.expected:
+        within = out[: max(0, self.expected - start)]
+        # Scanlines inside the expected size are checked before the excess is reported, so
+        # the first fault found does not depend on how the input was split into pieces.
+        if not self._check_filters(within, start):
+            return False
+        if len(within) < len(out):
             self._fail(
                 TOO_MUCH_DATA,
-                offset,
+                self.chunk_offset,
                 f"too much image data: the zlib stream decompresses to more than the "
                 f"{self.expected} bytes that IHDR implies ({describe_format(self._ihdr)}); "
-                f"found while inflating the IDAT data near offset {offset}",
+                f"found in the IDAT chunk at offset {self.chunk_offset}",
             )
             return False
+        self._adler = adler32(out, self._adler)
+        self._produced = start + len(out)
+        return True
+
+    def _check_filters(self, out: bytes, start: int) -> bool:
+        end = start + len(out)
         for segment in self._segments:
             if segment.end <= start or segment.start >= end:
                 continue
@@ -217,28 +236,25 @@ class ImageDataChecker:
                 index = next(i for i, value in enumerate(filters) if value not in FILTER_TYPES)
                 self._fail(
                     BAD_FILTER,
-                    offset,
+                    self.chunk_offset,
                     f"bad filter type {filters[index]} for row {first_row + index}"
-                    f"{segment.label}: filter types are 0 to 4; found while inflating the "
-                    f"IDAT data near offset {offset}",
+                    f"{segment.label}: filter types are 0 to 4; found in the IDAT chunk at "
+                    f"offset {self.chunk_offset}",
                 )
                 return False
-        self._adler = adler32(out, self._adler)
-        self._produced = end
         return True
 
     def _take_trailer(self, data: memoryview, offset: int) -> None:
         take = _ADLER32_SIZE - len(self._trailer)
         self._trailer += data[:take]
-        extra = len(data) - take
-        if extra > 0:
+        if len(data) > take:
             where = offset + take
             self._fail(
                 DATA_AFTER_ZLIB,
                 where,
-                f"data after the end of the zlib stream: {extra} more bytes start at offset "
-                f"{where}; the stream must end with the last IDAT byte (a second zlib "
-                f"stream or a repeated IDAT chunk leaves this)",
+                f"data after the end of the zlib stream at offset {where}: the stream must "
+                f"end with the last IDAT byte (a second zlib stream or a repeated IDAT chunk "
+                f"leaves this)",
             )
 
     def finish(self) -> None:

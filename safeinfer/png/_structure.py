@@ -91,6 +91,9 @@ class ChunkRules:
         self.idat_ended_at: int | None = None
         self.image_data: ImageDataChecker | None = None
         self.data_offset = 0
+        # Image data faults found while an IDAT chunk streams in wait until its CRC is
+        # known, so a damaged chunk reports the CRC mismatch first.
+        self.deferred: list[Problem] | None = None
 
     def add(self, code: str, chunk: str | None, offset: int | None, message: str) -> None:
         problems = self.report.problems
@@ -116,6 +119,7 @@ class ChunkRules:
                 self._read_chunks(reader)
         except ChunkFramingError as error:
             self.add(error.code, error.chunk, error.offset, str(error))
+            self._add_deferred()
         except _StopCheck:
             pass
         finally:
@@ -153,7 +157,9 @@ class ChunkRules:
                 consume = parsed.append
             elif header.type == IDAT and self.image_data is not None:
                 self.data_offset = header.offset + 8
+                self.image_data.chunk_offset = header.offset
                 consume = self._feed_image_data
+            self.deferred = [] if consume == self._feed_image_data else None
             stored_crc, crc_ok = reader.read_data(header, consume)
             if not crc_ok:
                 self.add(
@@ -163,18 +169,19 @@ class ChunkRules:
                     f"CRC mismatch in {header.name} chunk at offset {header.offset}: "
                     f"stored {stored_crc:08x}",
                 )
+            self._add_deferred()
             if keep:
                 self._parse(header, b"".join(parsed))
             if header.type == IEND:
                 self._check_end(reader, header)
                 return
-        last = self.report.chunks[-1].type if self.report.chunks else "signature"
+        last = f"the {self.report.chunks[-1].type} chunk" if self.report.chunks else "the signature"
         self.add(
             MISSING_IEND,
             None,
             reader.offset,
-            f"missing IEND chunk: the file ends at offset {reader.offset}, after the {last} "
-            f"chunk (truncated at a chunk boundary)",
+            f"missing IEND chunk: the file ends at offset {reader.offset}, after {last} "
+            f"(truncated at a chunk boundary)",
         )
 
     def _within_limits(self, header: ChunkHeader, count: int) -> bool:
@@ -272,7 +279,15 @@ class ChunkRules:
         return not any(p.code in (BAD_IHDR, LIMIT_EXCEEDED) for p in self.report.problems)
 
     def _image_problem(self, code: str, offset: int, message: str) -> None:
-        self.add(code, "IDAT", offset, message)
+        if self.deferred is not None:
+            self.deferred.append(Problem(code, "IDAT", offset, message))
+        else:
+            self.add(code, "IDAT", offset, message)
+
+    def _add_deferred(self) -> None:
+        deferred, self.deferred = self.deferred, None
+        for problem in deferred or ():
+            self.add(problem.code, problem.chunk, problem.offset, problem.message)
 
     def _end_idat_run(self, header: ChunkHeader) -> None:
         if IDAT not in self.first_offset or self.idat_ended_at is not None:
@@ -388,7 +403,7 @@ class ChunkRules:
                 DATA_AFTER_IEND,
                 None,
                 end,
-                f"{extra} bytes after the IEND chunk, from offset {end}: an overwrite by a "
+                f"{count_bytes(extra)} after the IEND chunk, from offset {end}: an overwrite by a "
                 f"shorter file leaves this",
             )
 
@@ -414,3 +429,7 @@ def ihdr_faults(ihdr: Ihdr) -> list[str]:
     if ihdr.interlace_method not in (0, 1):
         faults.append(f"interlace method {ihdr.interlace_method} is not 0 (none) or 1 (Adam7)")
     return faults
+
+
+def count_bytes(count: int) -> str:
+    return "1 byte" if count == 1 else f"{count} bytes"
