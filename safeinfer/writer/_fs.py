@@ -95,6 +95,8 @@ def make_directories(directory: Path, *, durable: bool) -> None:
     missing: list[Path] = []
     current = directory
     while not current.is_dir():
+        if os.path.lexists(current):
+            raise _not_a_directory(current)
         missing.append(current)
         if current.parent == current:
             break
@@ -104,6 +106,10 @@ def make_directories(directory: Path, *, durable: bool) -> None:
             os.mkdir(path)
         except FileExistsError:
             if not path.is_dir():
-                raise  # a file where a directory must go
+                raise _not_a_directory(path) from None
         if durable:
             fsync_directory(path.parent)
+
+
+def _not_a_directory(path: Path) -> NotADirectoryError:
+    return NotADirectoryError(errno.ENOTDIR, "a file is in the way of a directory", str(path))

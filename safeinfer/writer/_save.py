@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
-from safeinfer.errors import ConfigError
+from safeinfer.errors import ConfigError, CorruptPngError
 from safeinfer.writer._atomic import TempCheck, validate_options, write_checked
 from safeinfer.writer._dest import resolve_destination
 from safeinfer.writer._result import DEFAULT_DURABILITY, Durability, IfExists, WriteResult
@@ -34,7 +34,7 @@ _FORMAT_ALIASES: Final = {"jpg": "jpeg"}
 DEFAULT_COMPRESSION: Final[Compression] = "fast"
 
 
-def _png_check(level: VerifyLevel | None) -> TempCheck | None:
+def _png_check(level: VerifyLevel | None, target: Path) -> TempCheck | None:
     if level is None:
         return None
     if level not in _VERIFY_LEVELS:
@@ -43,7 +43,13 @@ def _png_check(level: VerifyLevel | None) -> TempCheck | None:
     def check(temp: Path) -> None:
         from safeinfer.png import check_png
 
-        check_png(temp, level=level)
+        try:
+            check_png(temp, level=level)
+        except CorruptPngError as error:
+            raise CorruptPngError(
+                f"not publishing {target}: the encoded PNG failed the {level!r} check: {error}",
+                report=error.report,
+            ) from error
 
     return check
 
@@ -86,7 +92,7 @@ def save_png(
         dest, name=name, suffixes=_SUFFIXES["png"], if_exists=if_exists
     )
     validate_options(durability, policy)
-    check = _png_check(verify)
+    check = _png_check(verify, target)
 
     from safeinfer.encode import encode_png
 
