@@ -15,8 +15,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 from safeinfer.encode._deflate import available_backends, default_backend
 from safeinfer.encode._fast import (
-    BALANCED,
-    FAST,
+    MODE_CANDIDATES,
     assemble_png,
     compress_pixels,
     compress_smallest,
@@ -60,9 +59,10 @@ def encode_png(
 ) -> bytes:
     """Encode an image as a lossless PNG and return its bytes.
 
-    ``compression`` trades time for size: ``"fast"`` (Up filter, deflate level 1 with
-    run-length matching), ``"balanced"`` (Paeth filter, level 6) or ``"small"`` (the
-    smallest of several filter choices at level 9 and Pillow's ``optimize=True``).
+    ``compression`` trades time for size: ``"fast"`` (Paeth filter, deflate level 1
+    matching runs only), ``"balanced"`` (the smaller of ``fast`` and a per-row filter
+    choice at level 6) or ``"small"`` (the smallest of those, level 9, and Pillow's
+    ``optimize=True``).
 
     ``metadata`` is the generation metadata (prompt, negative_prompt, seed, steps,
     guidance, width, height, model, scheduler, versions, ...). It is stored as UTF-8 JSON
@@ -86,7 +86,7 @@ def encode_png(
     if compression == "small":
         stream = compress_smallest(pixels)
     else:
-        stream = compress_pixels(pixels, FAST if compression == "fast" else BALANCED)
+        stream = compress_pixels(pixels, MODE_CANDIDATES[compression])
     return assemble_png(image_header(pixels), stream, ancillary)
 
 

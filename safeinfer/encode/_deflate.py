@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import struct
-import threading
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Final
+
+from safeinfer.encode._pool import map_in_threads, thread_count
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +26,6 @@ PARALLEL_BLOCK_SIZE: Final = 512 * 1024
 
 #: Below this input size one stream on one thread is faster than a pool of blocks.
 PARALLEL_MIN_SIZE: Final = 2 * PARALLEL_BLOCK_SIZE
-
-#: Upper bound on deflate threads, because more threads than this gain little per image.
-MAX_THREADS: Final = 8
 
 #: The deflate window (RFC 1951, section 2): each block is primed with this many bytes of
 #: the input before it, so matches that cross a block boundary are still found.
@@ -105,26 +101,18 @@ def deflate(
     """Compress ``data`` into one zlib stream.
 
     Inputs of :data:`PARALLEL_MIN_SIZE` bytes or more are compressed in blocks, on up to
-    ``threads`` threads (``None``: one per CPU this process may use, at most
-    :data:`MAX_THREADS`). The output does not depend on ``threads``.
+    ``threads`` threads (``None``: one per usable CPU, at most 8). The output does not
+    depend on ``threads``.
     """
     backend = backend or default_backend()
     level = min(level, backend.max_level)
     strategy = strategy if backend.supports_strategy else zlib.Z_DEFAULT_STRATEGY
     view = memoryview(data).cast("B")
-    threads = _thread_count() if threads is None else max(1, threads)
+    threads = thread_count() if threads is None else max(1, threads)
     if len(view) < PARALLEL_MIN_SIZE:
         compressor = backend.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)
         return bytes(compressor.compress(view) + compressor.flush())
     return _deflate_parallel(view, level, strategy, backend, threads)
-
-
-def _thread_count() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS and Windows have no sched_getaffinity.
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_THREADS))
 
 
 def _deflate_parallel(
@@ -147,10 +135,7 @@ def _deflate_parallel(
         mode = zlib.Z_FINISH if start == last else zlib.Z_SYNC_FLUSH
         return bytes(body + compressor.flush(mode))
 
-    if threads == 1:
-        blocks = [compress_block(start) for start in starts]
-    else:
-        blocks = list(_executor(threads).map(compress_block, starts))
+    blocks = map_in_threads(compress_block, starts, threads)
     checksum = zlib.adler32(view)
     return b"".join((_zlib_header(level), *blocks, struct.pack(">I", checksum)))
 
@@ -163,18 +148,3 @@ def _zlib_header(level: int) -> bytes:
     if level == 6:
         return _ZLIB_HEADERS[6]
     return _ZLIB_HEADERS[9]
-
-
-_executor_lock = threading.Lock()
-_executors: dict[int, ThreadPoolExecutor] = {}
-
-
-def _executor(threads: int) -> ThreadPoolExecutor:
-    # One long-lived pool per size: starting threads for every image would cost more than
-    # the parallelism saves on small images.
-    with _executor_lock:
-        pool = _executors.get(threads)
-        if pool is None:
-            pool = ThreadPoolExecutor(threads, thread_name_prefix="safeinfer-deflate")
-            _executors[threads] = pool
-        return pool

@@ -30,6 +30,7 @@ _DIRECT_MODES: Final[dict[str, np.dtype[Any]]] = {
     "I;16": np.dtype("<u2"),
     "I;16L": np.dtype("<u2"),
     "I;16B": np.dtype(">u2"),
+    "I;16N": np.dtype("=u2"),
     "I": np.dtype(np.int32),
     "F": np.dtype(np.float32),
 }
@@ -170,8 +171,8 @@ def _to_supported_dtype(
     described = f"{dtype} {source} of shape {tuple(array.shape)}"
     if dtype == np.uint8:
         return array
-    if dtype == np.uint16:
-        # PNG stores 16-bit samples big-endian; the encoder swaps bytes itself.
+    if dtype.kind == "u" and dtype.itemsize == 2:
+        # Any byte order: the encoder writes PNG's big-endian samples itself.
         return array.astype(np.uint16, copy=False)
     if dtype.kind == "b":
         raise InvalidImageError(

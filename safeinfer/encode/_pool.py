@@ -1,0 +1,52 @@
+"""The thread pool that filters and deflates large images in parallel.
+
+numpy's array operations and the deflate libraries release the GIL while they work on
+large buffers, so threads give real parallelism here without extra processes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, TypeVar
+
+#: Upper bound on threads per image: beyond this, blocks get too few per thread to gain.
+MAX_THREADS: Final = 8
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+_lock = threading.Lock()
+_executors: dict[int, ThreadPoolExecutor] = {}
+
+
+def thread_count() -> int:
+    """Return the threads to use per image: the CPUs this process may run on, at most
+    :data:`MAX_THREADS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity.
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_THREADS))
+
+
+def map_in_threads(
+    function: Callable[[_Item], _Result], items: Iterable[_Item], threads: int
+) -> list[_Result]:
+    """Return ``[function(item) for item in items]``, computed on up to ``threads`` threads."""
+    if threads <= 1:
+        return [function(item) for item in items]
+    return list(_executor(threads).map(function, items))
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    # Long-lived pools: starting threads for every image would cost more than the
+    # parallelism saves on mid-sized images.
+    with _lock:
+        pool = _executors.get(threads)
+        if pool is None:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="safeinfer-encode")
+            _executors[threads] = pool
+        return pool
