@@ -130,9 +130,20 @@ OTHER_PAGE = "# Other\n\n## Details\n\n::: safeinfer.naming\n\n::: safeinfer.err
 
 
 def _build_small_site(
-    tmp_path: Path, pages: dict[str, str], *, keep_hooks: bool = False
+    tmp_path: Path,
+    pages: dict[str, str],
+    *,
+    keep_hooks: bool = False,
+    modules: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Build a site of ``pages`` with the project's own configuration, minus its nav."""
+    """Build a site of ``pages`` with the project's own configuration, minus its nav.
+
+    ``modules`` maps module names to source text; they are importable by the API blocks.
+    """
+    sources = tmp_path / "sources"
+    sources.mkdir(exist_ok=True)
+    for module_name, source in (modules or {}).items():
+        (sources / f"{module_name}.py").write_text(source, encoding="utf-8")
     docs = tmp_path / "docs"
     for name, text in pages.items():
         (docs / name).parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +157,7 @@ def _build_small_site(
     else:
         config.pop("hooks")
     handler = config["plugins"][2]["mkdocstrings"]["handlers"]["python"]
-    handler["paths"] = [str(REPO_ROOT)]
+    handler["paths"] = [str(REPO_ROOT), str(sources)]
     handler["options"]["extensions"] = [
         str(REPO_ROOT / extension) for extension in handler["options"]["extensions"]
     ]
@@ -217,3 +228,80 @@ def test_stale_cli_reference_fails_build(tmp_path: Path) -> None:
     )
     assert completed.returncode != 0
     assert "does not match `safeinfer --help`" in completed.stderr
+
+
+def _load_extension() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "sphinx_roles", REPO_ROOT / "docs" / "hooks" / "sphinx_roles.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_roles_become_crossrefs() -> None:
+    extension = _load_extension()
+
+    text = "See :func:`save_png` and :class:`~safeinfer.errors.WriteError`, not :foo:`x`."
+
+    assert extension.rewrite_roles(text) == (
+        "See [`save_png`][save_png] and [`WriteError`][safeinfer.errors.WriteError], not :foo:`x`."
+    )
+
+
+def test_doctests_become_fenced_blocks() -> None:
+    extension = _load_extension()
+    text = 'Read it back.\n    >>> meta["safeinfer"]["seed"]\n    7\n\nMore text.'
+
+    fenced = extension.fence_doctests(text)
+
+    assert fenced == (
+        'Read it back.\n\n```pycon\n>>> meta["safeinfer"]["seed"]\n7\n```\n\nMore text.'
+    )
+    assert extension.fence_doctests(fenced) == fenced
+
+
+#: A module whose docstrings use the package's conventions, for the builds below.
+CONVENTIONS_MODULE = '''"""A module for the docs build tests."""
+
+#: Longest wait in seconds, documented by a comment.
+MAX_WAIT = 5
+
+
+def documented() -> None:
+    """Do nothing; see :func:`helper`.
+
+    >>> documented()["key"]["seed"]
+    """
+
+
+def helper() -> None:
+    """Help."""
+'''
+
+
+def test_conventions_render_in_build(tmp_path: Path) -> None:
+    completed = _build_small_site(
+        tmp_path,
+        {"index.md": "# Home\n\n::: conventions\n"},
+        modules={"conventions": CONVENTIONS_MODULE},
+    )
+    assert completed.returncode == 0, completed.stderr
+
+    page = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    assert "Longest wait in seconds, documented by a comment." in page
+    assert 'href="#conventions.helper"' in page
+    assert "<blockquote>" not in page
+
+
+def test_role_to_missing_object_fails_build(tmp_path: Path) -> None:
+    module = CONVENTIONS_MODULE.replace(":func:`helper`", ":func:`no_such_helper`")
+    completed = _build_small_site(
+        tmp_path,
+        {"index.md": "# Home\n\n::: conventions\n"},
+        modules={"conventions": module},
+    )
+    assert completed.returncode != 0
+    assert "no_such_helper" in completed.stderr
