@@ -53,6 +53,17 @@ def cpu(source: str) -> GpuBinding:
         ({"RAY_RAYLET_PID": "123", "CUDA_VISIBLE_DEVICES": "5"}, 8, gpu("5", "ray")),
         ({"RAY_RAYLET_PID": "123", "CUDA_VISIBLE_DEVICES": "2,7"}, 8, gpu("2", "ray")),
         ({"RAY_RAYLET_PID": "123", "CUDA_VISIBLE_DEVICES": ""}, 8, cpu("no-gpu")),
+        # Ray told not to narrow the list: the list is the node's, not the worker's.
+        (
+            {
+                "RAY_RAYLET_PID": "1",
+                "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1",
+                "CUDA_VISIBLE_DEVICES": "2,7",
+            },
+            8,
+            gpu("2", "default"),
+        ),
+        ({"RAY_RAYLET_PID": "123"}, 2, gpu("0", "default")),
         # Ray Train sets LOCAL_RANK over a shared list; the local rank wins.
         (
             {"RAY_RAYLET_PID": "1", "LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "4,5"},
@@ -102,6 +113,7 @@ def test_plan_matrix(env: dict[str, str], device_count: int | None, expected: Gp
         ("5", {"CUDA_VISIBLE_DEVICES": "3,5"}, 8, gpu("5", "argument")),
         (UUID_A, {"CUDA_VISIBLE_DEVICES": f"{UUID_B},{UUID_A}"}, None, gpu(UUID_A, "argument")),
         ("cpu", {"LOCAL_RANK": "1"}, 2, cpu("argument")),
+        (UUID_A, {}, 2, gpu(UUID_A, "argument")),
         (0, {"LOCAL_RANK": "1", "SAFEINFER_GPU": "1"}, 2, gpu("0", "argument")),
     ],
 )

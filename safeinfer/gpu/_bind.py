@@ -84,15 +84,20 @@ def bind_gpu(
     >>> binding = bind_gpu()                               # doctest: +SKIP
     >>> pipe.to(binding.device)                            # doctest: +SKIP
     """
-    inventory = None
+    driver: bool | None = None
     if device_count is None:
         inventory = count_gpus()
-        device_count = inventory.count
+        device_count, driver = inventory.count, inventory.driver
     binding = plan_gpu(os.environ, gpu=gpu, device_count=device_count, strict=strict)
-    return _apply(binding, strict=strict, driver=None if inventory is None else inventory.driver)
+    return apply_binding(binding, strict=strict, driver=driver)
 
 
-def _apply(binding: GpuBinding, *, strict: bool, driver: bool | None) -> GpuBinding:
+def apply_binding(binding: GpuBinding, *, strict: bool, driver: bool | None) -> GpuBinding:
+    """Narrow the environment to a planned binding, or handle a late binding.
+
+    Shared by :func:`bind_gpu` and :func:`~safeinfer.gpu.claim_gpu`. ``driver`` is the
+    inventory's driver flag; ``False`` turns a planned GPU into a CPU device.
+    """
     current = os.environ.get(VISIBLE_DEVICES_ENV)
     state = cuda_state()
     if state is not CudaState.UNTOUCHED and current != binding.visible_devices:

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
 from safeinfer.errors import LockTimeout
-from safeinfer.gpu._bind import _apply
+from safeinfer.gpu._bind import apply_binding
 from safeinfer.gpu._enumerate import count_gpus
 from safeinfer.gpu._plan import CPU, GpuBinding, visible_gpu_ids
 from safeinfer.locks import Mutex
@@ -94,7 +94,8 @@ def claim_gpu(
         device_count, driver = inventory.count, inventory.driver
     ids = visible_gpu_ids(os.environ, device_count=device_count)
     if not ids:
-        binding = _apply(GpuBinding(CPU, None, None, "no-gpu", ""), strict=strict, driver=driver)
+        cpu_binding = GpuBinding(CPU, None, None, "no-gpu", "")
+        binding = apply_binding(cpu_binding, strict=strict, driver=driver)
         return GpuClaim(binding, None)
 
     host = socket.gethostname()
@@ -115,7 +116,7 @@ def claim_gpu(
 def _bind_claimed(gpu_id: str, lock: Mutex, *, strict: bool, driver: bool | None) -> GpuClaim:
     binding = GpuBinding("cuda:0", 0, gpu_id, "claim", gpu_id)
     try:
-        binding = _apply(binding, strict=strict, driver=driver)
+        binding = apply_binding(binding, strict=strict, driver=driver)
     except BaseException:
         lock.release()
         raise

@@ -46,6 +46,9 @@ LOCAL_RANK_VARIABLES: Final[tuple[tuple[str, str | None], ...]] = (
 #: ``CUDA_VISIBLE_DEVICES`` to the GPUs it assigned to a task or actor.
 RAY_WORKER_ENV: Final = "RAY_RAYLET_PID"
 
+#: Set to stop Ray from narrowing ``CUDA_VISIBLE_DEVICES``; the list is then not the worker's own.
+RAY_NOSET_ENV: Final = "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"
+
 #: Set by ``srun --gpus-per-task``, which gives each task a list of only its own GPUs.
 SLURM_GPUS_PER_TASK_ENV: Final = "SLURM_GPUS_PER_TASK"
 
@@ -158,16 +161,15 @@ def _choose(
 
     assigned = env.get(SAFEINFER_GPU_ENV, "").strip()
     if assigned:
-        return _from_request(assigned, visible, env, source=SAFEINFER_GPU_ENV, strict=strict), (
-            SAFEINFER_GPU_ENV
-        )
+        chosen = _from_request(assigned, visible, env, source=SAFEINFER_GPU_ENV, strict=strict)
+        return chosen, SAFEINFER_GPU_ENV
 
     for rank_variable, size_variable in LOCAL_RANK_VARIABLES:
         if env.get(rank_variable, "").strip():
             chosen = _from_local_rank(env, visible, rank_variable, size_variable, strict=strict)
             return chosen, rank_variable if chosen is not None else "no-gpu"
 
-    if RAY_WORKER_ENV in env and env.get(VISIBLE_DEVICES_ENV) is not None:
+    if _ray_narrowed(env):
         # Ray lists only the GPUs it assigned to this worker, so its first one is ours.
         return (visible[0], "ray") if visible else (None, "no-gpu")
 
@@ -202,6 +204,10 @@ def _from_request(
     wanted = request.strip()
     if wanted.isdigit() and wanted.isascii():
         wanted = str(int(wanted))
+    if env.get(VISIBLE_DEVICES_ENV) is None and wanted.startswith(("GPU-", "MIG-")):
+        # With no list every GPU is visible, but only by index; a UUID cannot be checked
+        # here and CUDA resolves it when the list is narrowed to it.
+        return wanted
     if wanted not in visible:
         _fail(
             f"GPU {request!r} ({source}) is not among the visible GPUs {visible}{_shown(env)}; "
@@ -247,6 +253,14 @@ def _from_local_rank(
         )
         return visible[rank % len(visible)]
     return visible[rank]
+
+
+def _ray_narrowed(env: Mapping[str, str]) -> bool:
+    return (
+        RAY_WORKER_ENV in env
+        and env.get(VISIBLE_DEVICES_ENV) is not None
+        and not env.get(RAY_NOSET_ENV, "").strip()
+    )
 
 
 def _slurm_lists_own_gpus(env: Mapping[str, str], rank_variable: str, visible: list[str]) -> bool:
