@@ -67,6 +67,22 @@ def test_python_blocks_run(document: str, tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
 
 
+@pytest.mark.parametrize(
+    ("marker", "expected"),
+    [("main-command", "safeinfer generate examples/prompts.txt"), ("test-command", "pytest")],
+)
+def test_readme_command_layout(marker: str, expected: str) -> None:
+    # CI reads the test command as the second line after its marker, so the marker, the
+    # opening fence and the one-line command must stay in exactly this shape.
+    lines = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index(f"<!-- {marker} -->")
+
+    assert lines[start + 1] == "```bash"
+    assert expected in lines[start + 2]
+    assert lines[start + 3] == "```"
+    assert start < 20, "the set-up commands belong at the top of the README"
+
+
 def test_readme_relative_links_exist() -> None:
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     targets = [
