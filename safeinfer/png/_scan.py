@@ -1,10 +1,11 @@
 """Check whole trees of PNG files on all cores: :func:`scan`.
 
 Paths are walked lazily and checked in batches by a process pool that holds a bounded
-number of batches in flight, so a tree of ten million files costs no more memory than a
-tree of ten. Reports come back in a stable order: the order of the given paths, each
-directory walked depth-first with entries sorted by name. The same worker also checks
-files against manifest entries (size and SHA-256, in the same read as the PNG check).
+number of batches in flight, so memory does not grow with the size of the tree, only
+with the largest single directory, whose listing is sorted in memory. Reports come back
+in a stable order: the order of the given paths, and in each directory first its files
+sorted by name, then its subdirectories sorted by name, each walked the same way. The same workers also check files against manifest entries
+(size and SHA-256, in the same read as the PNG check).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class VerifyTask:
     path: str
     expected_bytes: int | None = None
     expected_sha256: str | None = None
+    #: False for a manifest entry that is not a PNG: only its size and hash are checked.
+    check_png: bool = True
 
     @property
     def from_manifest(self) -> bool:
@@ -68,8 +71,9 @@ def scan(
 
     A directory is walked recursively (symbolic links to directories are not followed)
     and its files whose names match ``pattern`` are checked; a path naming a file is
-    checked whatever its name. Reports come in a stable order: the order of ``paths``,
-    each directory depth-first with entries sorted by name. ``jobs`` worker processes
+    checked whatever its name. Reports come in a stable order, not as completed: the
+    order of ``paths``, and in each directory first its files sorted by name, then its
+    subdirectories sorted by name, each walked the same way. ``jobs`` worker processes
     share the work (default: every core this process may use; ``1`` checks in this
     process). A path that is missing or unreadable yields a report with a
     ``read-error`` problem instead of raising.
@@ -91,6 +95,11 @@ def default_jobs() -> int:
     return os.cpu_count() or 1
 
 
+def name_matches(name: str, pattern: str) -> bool:
+    """Return True when the file name ``name`` matches ``pattern``, ignoring case."""
+    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+
+
 def iter_files(
     paths: Iterable[str | os.PathLike[str]], *, pattern: str = DEFAULT_PATTERN
 ) -> Iterator[str]:
@@ -99,7 +108,6 @@ def iter_files(
     A path that does not exist or a directory that cannot be listed is yielded as it is,
     so that the check reports it as a ``read-error``.
     """
-    lowered = pattern.lower()
     for top in paths:
         top = os.fspath(top)
         if not os.path.isdir(top):
@@ -118,7 +126,7 @@ def iter_files(
             for entry in listed:
                 if entry.is_dir(follow_symlinks=False):
                     subdirectories.append(entry.path)
-                elif fnmatch.fnmatchcase(entry.name.lower(), lowered):
+                elif name_matches(entry.name, pattern):
                     yield entry.path
             stack.extend(reversed(subdirectories))
 
@@ -170,10 +178,15 @@ def verify_batch(batch: list[VerifyTask], level: Level, limits: Limits) -> list[
 def verify_task(task: VerifyTask, level: Level, limits: Limits) -> PngReport:
     """Check one file, and its size and SHA-256 against a manifest entry when given."""
     digest = hashlib.sha256() if task.expected_sha256 is not None else None
+    on_read = digest.update if digest is not None else None
     try:
         with open(task.path, "rb", buffering=0) as file:
-            on_read = digest.update if digest is not None else None
-            report = verify_open_file(file, task.path, level=level, limits=limits, on_read=on_read)
+            if task.check_png:
+                report = verify_open_file(
+                    file, task.path, level=level, limits=limits, on_read=on_read
+                )
+            else:
+                report = PngReport(path=task.path, level=level)
             if digest is not None:
                 # The check may stop early (a framing fault, a limit); hash the rest too.
                 while piece := file.read(READ_PIECE_SIZE):

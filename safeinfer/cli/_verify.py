@@ -1,0 +1,193 @@
+"""``safeinfer verify``: check PNG files, trees of them, and the files that manifests list."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from safeinfer.png._limits import DEFAULT_LIMITS
+from safeinfer.png._report import PngReport
+from safeinfer.png._scan import (
+    DEFAULT_PATTERN,
+    VerifyTask,
+    iter_files,
+    name_matches,
+    run_tasks,
+)
+from safeinfer.png._verify import DEFAULT_LEVEL, LEVELS
+
+#: Exit codes of every subcommand (see ``safeinfer.cli``).
+EXIT_OK = 0
+EXIT_FAILURES = 1
+EXIT_USAGE = 2
+
+EPILOG = """\
+exit status: 0 when every file is fine, 1 when a file is corrupt, over a limit,
+missing from its manifest entry's place or different from it, 2 on usage errors
+or when a path or manifest cannot be read.
+
+The full level (the default) also inflates the image data; structure checks
+the chunks only and is several times faster. Put PATHs before --manifest, or
+repeat --manifest for each file: it takes every argument that follows it.
+
+examples:
+  safeinfer verify outputs/
+  safeinfer verify --level structure --jobs 8 /data/images
+  safeinfer verify --json outputs/ > report.jsonl
+  safeinfer verify --manifest outputs/manifest-0.jsonl outputs/manifest-1.jsonl
+  safeinfer verify --manifest outputs/        # every manifest*.jsonl in outputs/
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {value}: expected 1 or more")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``verify`` subcommand."""
+    parser = subparsers.add_parser(
+        "verify",
+        help="check PNG files for corruption, and files against their manifests",
+        description=(
+            "Check every PNG under the given paths: CRCs, chunk rules, and (at the full "
+            "level) the complete image data. With --manifest, also check that every listed "
+            "file exists and has the recorded size and SHA-256."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="PNG files or directories")
+    parser.add_argument(
+        "--level",
+        choices=LEVELS,
+        default=DEFAULT_LEVEL,
+        help=f"how deep to check (default: {DEFAULT_LEVEL})",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes (default: one per core)",
+    )
+    parser.add_argument(
+        "--pattern",
+        default=DEFAULT_PATTERN,
+        metavar="GLOB",
+        help=f"file names to check inside directories, ignoring case (default: {DEFAULT_PATTERN})",
+    )
+    parser.add_argument(
+        "--manifest",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="FILE",
+        help="manifest files, or directories whose manifest*.jsonl files are read",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="write one JSON object per file to standard output"
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar, problem lines or summary; only the exit status (and --json)",
+    )
+    parser.set_defaults(handler=run)
+
+
+@dataclass
+class _Tally:
+    files: int = 0
+    failed: int = 0
+    unreadable: int = 0
+
+    def add(self, report: PngReport) -> None:
+        self.files += 1
+        if any(problem.kind == "io" for problem in report.problems):
+            self.unreadable += 1
+        elif not report.ok:
+            self.failed += 1
+
+    def exit_code(self) -> int:
+        if self.unreadable:
+            return EXIT_USAGE
+        return EXIT_FAILURES if self.failed else EXIT_OK
+
+    def summary(self) -> str:
+        ok = self.files - self.failed - self.unreadable
+        return (
+            f"checked {self.files} file(s): {ok} ok, {self.failed} with problems, "
+            f"{self.unreadable} unreadable"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the files and print the results; return the exit code."""
+    if not args.paths and not args.manifest:
+        print("safeinfer verify: error: give at least one PATH or --manifest FILE", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        manifest_tasks = _manifest_tasks(args.manifest, args.pattern)
+    except OSError as error:
+        print(f"safeinfer verify: error: cannot read manifest: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    path_tasks = (VerifyTask(path) for path in iter_files(args.paths, pattern=args.pattern))
+    tasks = itertools.chain(path_tasks, manifest_tasks)
+    reports = run_tasks(tasks, level=args.level, jobs=args.jobs, limits=DEFAULT_LIMITS)
+    tally = _Tally()
+    for report in _with_progress(reports, quiet=args.quiet):
+        tally.add(report)
+        if args.json:
+            print(json.dumps(report.to_dict()), flush=False)
+        elif not args.quiet and not report.ok:
+            _print_problems(report)
+    sys.stdout.flush()
+    if not args.quiet:
+        print(f"safeinfer verify: {tally.summary()}", file=sys.stderr)
+    return tally.exit_code()
+
+
+def _manifest_tasks(manifests: list[str], pattern: str) -> list[VerifyTask]:
+    if not manifests:
+        return []
+    from safeinfer.manifest import read_manifests
+
+    return [
+        VerifyTask(
+            str(entry.absolute_path),
+            expected_bytes=entry.bytes,
+            expected_sha256=entry.sha256,
+            check_png=name_matches(os.path.basename(entry.path), pattern),
+        )
+        for entry in read_manifests(manifests)
+    ]
+
+
+def _with_progress(reports: Iterator[PngReport], *, quiet: bool) -> Iterator[PngReport]:
+    # The bar goes to standard error and only on a terminal, so pipes and CI logs stay clean.
+    if quiet or not sys.stderr.isatty():
+        yield from reports
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(reports, unit=" files", desc="verify", file=sys.stderr) as bar:
+        for report in bar:
+            if not report.ok:
+                bar.set_postfix_str(f"{report.path}: {report.problems[0].code}", refresh=False)
+            yield report
+
+
+def _print_problems(report: PngReport) -> None:
+    for problem in report.problems:
+        print(f"{report.path}: {problem.code}: {problem.message}")
