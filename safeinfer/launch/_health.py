@@ -1,0 +1,56 @@
+"""Health probes: one HTTP GET that says whether a server is ready for requests."""
+
+from __future__ import annotations
+
+import enum
+import json
+import urllib.error
+import urllib.request
+from typing import Final
+
+#: Seconds one probe waits. Probes run in the supervising loop, so they must be short.
+PROBE_TIMEOUT: Final = 1.0
+#: Cog's health-check statuses that mean the server takes predictions.
+_SERVING_STATUSES: Final = frozenset({"READY", "BUSY"})
+#: Cog's statuses after which the server will never become ready without a restart.
+_FAILED_STATUSES: Final = frozenset({"SETUP_FAILED", "DEFUNCT"})
+
+
+class Health(enum.Enum):
+    """Result of one probe."""
+
+    READY = "ready"
+    STARTING = "starting"  #: no answer yet, or an answer that is not ready
+    FAILED = "failed"  #: the server reports a failure that a restart may fix
+
+
+def probe(url: str, *, timeout: float = PROBE_TIMEOUT) -> tuple[Health, str]:
+    """GET ``url`` once; return its health and a short description for logs.
+
+    HTTP 200 means ready, unless the body is JSON with a ``status`` field: then Cog's
+    ``READY`` and ``BUSY`` mean ready, ``SETUP_FAILED`` and ``DEFUNCT`` mean failed, and
+    anything else (``STARTING``) means not yet.
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = response.read(64 * 1024)
+            code = response.status
+    except urllib.error.HTTPError as error:
+        return Health.STARTING, f"HTTP {error.code}"
+    except (OSError, ValueError) as error:
+        # Connection refused or reset while the server starts, or a timeout.
+        return Health.STARTING, str(getattr(error, "reason", error))
+    if code != 200:
+        return Health.STARTING, f"HTTP {code}"
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return Health.READY, "HTTP 200"
+    status = document.get("status") if isinstance(document, dict) else None
+    if not isinstance(status, str):
+        return Health.READY, "HTTP 200"
+    if status.upper() in _SERVING_STATUSES:
+        return Health.READY, status
+    if status.upper() in _FAILED_STATUSES:
+        return Health.FAILED, status
+    return Health.STARTING, status
