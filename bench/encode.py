@@ -7,8 +7,8 @@ Run from the repository root::
 The photographs are scikit-image's ``astronaut`` and ``coffee`` samples, upscaled to
 1024x1024 RGB with Pillow's LANCZOS filter. Every contestant writes a file into a
 temporary directory. Rounds are paired and interleaved (the order alternates every round),
-and each figure is the median over rounds; a speed ratio is the median of the per-round
-ratios, so load that hits one round affects both sides of that round alike.
+and each figure is the median over rounds. A speed ratio is the median of the per-round
+ratios, so load that hits one round slows both sides of that round alike.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def paired(
     folder: Path,
     rounds: int,
 ) -> dict[str, float]:
-    """Time both functions in alternating order; return medians, ratio and file sizes."""
+    """Time both functions in alternating order and return medians, ratio and file sizes."""
     ours_path, baseline_path = folder / "ours.png", folder / "baseline.png"
     ours_times, baseline_times, ratios = [], [], []
     for round_index in range(rounds):

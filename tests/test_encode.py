@@ -204,7 +204,7 @@ def test_block_deflate_is_one_valid_zlib_stream(backend: str, level: int, strate
     assert zlib.decompress(stream) == data
     assert stream == deflate(data, level=level, strategy=strategy, backend=chosen, threads=1)
     # Each block is primed with the 32 KiB before it, so the blocks stay as small as one
-    # stream; without priming, each of the 7 blocks stores the pattern again (3.5x larger).
+    # stream. Without priming, each of the 7 blocks stores the pattern again (3.5x larger).
     if not chosen.supports_strategy:
         level, strategy = min(level, chosen.max_level), zlib.Z_DEFAULT_STRATEGY
     compressor = chosen.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)

@@ -99,10 +99,10 @@ def encode_image(
 ) -> bytes:
     """Encode an image as PNG (lossless, ``fast`` mode), JPEG or WebP.
 
-    ``quality`` (1 to 100) applies to JPEG and WebP; ``None`` takes
-    :data:`DEFAULT_QUALITY`. For JPEG and WebP, the ``parameters`` text goes into the EXIF
-    UserComment and the JSON into an XMP packet. JPEG rejects images with alpha, and
-    both lossy formats reject 16-bit images, with an
+    ``quality`` (1 to 100) applies to JPEG and WebP; ``None`` takes the format's entry
+    in :data:`~safeinfer.encode.DEFAULT_QUALITY`. For JPEG and WebP, the ``parameters``
+    text goes into the EXIF UserComment and the JSON into an XMP packet. JPEG rejects
+    images with alpha, and both lossy formats reject 16-bit images, with an
     :class:`~safeinfer.errors.InvalidImageError` that names the fix.
 
     >>> jpeg = encode_image(image, format="jpeg", quality=90)  # doctest: +SKIP

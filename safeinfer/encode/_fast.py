@@ -42,16 +42,16 @@ _FILTER_TASK_ROWS: Final = 64
 
 @dataclass(frozen=True, slots=True)
 class EncoderSettings:
-    """How one candidate encoding filters and deflates."""
+    """The filter and deflate settings of one candidate encoding."""
 
     filter: FilterChoice
     level: int
     strategy: int = zlib.Z_DEFAULT_STRATEGY
 
 
-#: Paeth on every row, then deflate level 1 matching runs only (Z_RLE). On photographs this
-#: was as small as Pillow's default save, at about a tenth of its time; the Up filter
-#: that OpenCV and libpng use in their fast modes was 6 to 13 % larger (bench/encode.py).
+#: Paeth on every row, then deflate level 1 matching runs only (Z_RLE). On the photographs
+#: of bench/encode.py this was as small as Pillow's default save, at about a tenth of its
+#: time. The Up filter that OpenCV and libpng use in their fast modes was 6 to 13 % larger.
 PAETH_RLE: Final = EncoderSettings(filter=FILTER_PAETH, level=1, strategy=zlib.Z_RLE)
 
 #: libpng's per-row filter choice and full LZ77 matching at level 6: far smaller than
@@ -90,7 +90,7 @@ def filter_image(
 ) -> np.ndarray[Any, np.dtype[np.uint8]]:
     """Filter every row of the image: the bytes that deflate compresses.
 
-    Large images are filtered in bands of rows on several threads; each band gets the row
+    Large images are filtered in bands of rows on several threads. Each band gets the row
     above it, so the result is the same as on one thread.
     """
     rows = row_bytes(pixels)

@@ -1,8 +1,8 @@
 """PNG filtering on whole images with numpy (W3C PNG Third Edition, sections 7.3 and 9).
 
 Filters work on bytes, so 16-bit samples are filtered after conversion to big-endian
-bytes. The encoder knows every original byte in advance, so each filter, Paeth included,
-is a handful of array operations instead of a loop over pixels.
+bytes. Every original byte is available in advance, so each filter, Paeth included, is a
+handful of array operations instead of a loop over pixels.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ FilterChoice: TypeAlias = "int | Literal['adaptive']"
 ByteRows: TypeAlias = "np.ndarray[Any, np.dtype[np.uint8]]"
 
 #: Rows per step of the Paeth computation. Its int16 temporaries for 16 rows of a
-#: 1024-pixel RGB image take about 100 KB each, so they stay in the CPU cache; whole-image
-#: temporaries made the filter about twice as slow in measurements.
+#: 1024-pixel RGB image take about 100 KB each, so they stay in the CPU cache. Measured
+#: on such an image, whole-image temporaries made the filter about twice as slow.
 _PAETH_BAND_ROWS: Final = 16
 
 #: |x| of a byte read as a signed value, for the adaptive heuristic.
@@ -44,7 +44,7 @@ def filter_rows(
     """Filter ``rows`` (height x row bytes, uint8) and prefix each row with its filter type.
 
     ``prior`` is the unfiltered row above the first one, so a band of an image filters
-    exactly as it would in the whole image; ``None`` means the first row of the image.
+    exactly as it would in the whole image. ``None`` means the first row of the image.
     Returns ``out`` (allocated when ``None``) of shape ``(height, 1 + row bytes)``: the
     exact bytes that go into deflate.
     """

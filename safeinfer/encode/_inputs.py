@@ -15,7 +15,7 @@ from PIL import Image
 
 from safeinfer.errors import InvalidImageError
 
-#: How float samples in [0, 1] become 8-bit samples: round half to even, as numpy rounds.
+#: The rule that maps float samples in [0, 1] to 8 bits. numpy.rint rounds half to even.
 FLOAT_QUANTISATION: Final = "numpy.rint(x * 255)"
 
 #: Channel counts that map to a PNG colour type: grey, grey + alpha, RGB, RGBA.
@@ -55,9 +55,9 @@ def to_array(image: Any) -> np.ndarray[Any, np.dtype[Any]]:
 
     - PIL images in any mode. Palette images become RGB, or RGBA when they carry
       transparency; CMYK, YCbCr, LAB and HSV become RGB; 16-bit grey stays 16-bit.
-    - numpy arrays of shape ``(H, W)`` or ``(H, W, C)`` with 1 to 4 channels: uint8 and
-      uint16 unchanged; other integer dtypes when every value fits in uint8 (then uint8)
-      or uint16 (then uint16); floats in [0, 1], quantised to uint8 by
+    - numpy arrays of shape ``(H, W)`` or ``(H, W, C)`` with 1 to 4 channels. uint8 and
+      uint16 pass unchanged. Other integer dtypes become uint8 when every value fits,
+      else uint16 when every value fits. Floats in [0, 1] are quantised to uint8 by
       ``numpy.rint(x * 255)``.
     - torch tensors of shape ``(C, H, W)``, ``(H, W, C)`` or ``(H, W)`` on any device
       (copied to the CPU), with the same dtype rules. When both the first and the last
@@ -109,7 +109,7 @@ def _from_torch(tensor: Any) -> np.ndarray[Any, np.dtype[Any]]:
         raise InvalidImageError(
             f"complex tensor of shape {tuple(cpu.shape)} has no pixel values: pass a real tensor"
         )
-    # numpy has no bfloat16, and float32 holds every bfloat16 and float16 value exactly.
+    # numpy has no bfloat16, and float32 represents every bfloat16 and float16 exactly.
     if dtype_name in ("bfloat16", "float16"):
         cpu = cpu.float()
     array: np.ndarray[Any, np.dtype[Any]] = cpu.numpy()

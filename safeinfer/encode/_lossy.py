@@ -1,7 +1,7 @@
 """JPEG and WebP output, with generation metadata in EXIF and XMP.
 
 JPEG and WebP have no PNG text chunks. Image browsers that read A1111's ``parameters``
-from these formats look in the EXIF UserComment tag, so the text goes there; the
+from these formats look in the EXIF UserComment tag, so the text goes there. The
 ``safeinfer`` JSON goes into an XMP packet.
 """
 
@@ -81,7 +81,7 @@ def _check_pixels(pixels: np.ndarray[Any, np.dtype[Any]], format: LossyFormat) -
 
 
 def user_comment_exif(text: str) -> bytes:
-    """Return EXIF data whose UserComment holds ``text`` as big-endian UTF-16."""
+    """Return EXIF data whose UserComment contains ``text`` as big-endian UTF-16."""
     exif = Image.Exif()
     exif.get_ifd(EXIF_IFD_POINTER)[EXIF_USER_COMMENT] = USER_COMMENT_UNICODE + text.encode(
         "utf-16-be"

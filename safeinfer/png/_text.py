@@ -24,7 +24,7 @@ from safeinfer.png._chunks import ITXT, TEXT, ZTXT, Chunk, iter_chunks, write_ch
 
 logger = logging.getLogger(__name__)
 
-#: Keyword of the iTXt chunk that holds safeinfer's generation metadata as UTF-8 JSON.
+#: Keyword of the iTXt chunk that contains safeinfer's generation metadata as UTF-8 JSON.
 SAFEINFER_KEYWORD: Final = "safeinfer"
 
 #: Keyword of the A1111-style text that image browsers (A1111, Civitai, InvokeAI) read.
