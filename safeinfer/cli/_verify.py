@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from safeinfer.cli import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
 from safeinfer.png._limits import DEFAULT_LIMITS
 from safeinfer.png._report import PngReport
 from safeinfer.png._scan import (
@@ -21,11 +22,6 @@ from safeinfer.png._scan import (
     run_tasks,
 )
 from safeinfer.png._verify import DEFAULT_LEVEL, LEVELS
-
-#: Exit codes of every subcommand (see ``safeinfer.cli``).
-EXIT_OK = 0
-EXIT_FAILURES = 1
-EXIT_USAGE = 2
 
 EPILOG = """\
 exit status: 0 when every file is fine, 1 when a file is corrupt, over a limit,

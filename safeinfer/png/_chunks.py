@@ -198,7 +198,7 @@ class ChunkReader:
     """Read a PNG datastream chunk by chunk, ``READ_PIECE_SIZE`` bytes at a time.
 
     ``source`` is a binary file object (read from its current position) or bytes in
-    memory. ``on_read`` sees every piece read, in order, so a caller can hash the file in
+    memory. ``on_read`` receives every piece read, in order, so a caller can hash the file in
     the same pass. Offsets count from the first byte read.
 
     >>> reader = ChunkReader(open("image.png", "rb"))  # doctest: +SKIP

@@ -2,11 +2,13 @@
 
 The checker inflates the data in bounded pieces without keeping any decoded row, so its
 memory stays the same for a 64x64 and a 20000x20000 image. It checks what a decoder
-would need (PNG specification sections 10 "Compression" and 7.3 "Filtering"): a valid
-zlib header without a preset dictionary, deflate data that decodes, the Adler-32 of the
-decompressed bytes, a stream that ends exactly with the last IDAT byte, exactly as many
-bytes as IHDR implies (Adam7 passes included), and a filter type of 0 to 4 at the start of
-every scanline.
+needs (PNG specification sections 9 "Filtering" and 10 "Compression"):
+
+- a valid zlib header without a preset dictionary, and deflate data that decodes;
+- the Adler-32 of the decompressed bytes;
+- a stream that ends exactly with the last IDAT byte;
+- exactly as many bytes as IHDR implies, Adam7 passes included;
+- a filter type of 0 to 4 at the start of every scanline.
 """
 
 from __future__ import annotations

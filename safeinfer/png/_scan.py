@@ -1,11 +1,12 @@
 """Check whole trees of PNG files on all cores: :func:`scan`.
 
-Paths are walked lazily and checked in batches by a process pool that holds a bounded
+Paths are walked lazily and checked in batches by a process pool that keeps a bounded
 number of batches in flight, so memory does not grow with the size of the tree, only
 with the largest single directory, whose listing is sorted in memory. Reports come back
 in a stable order: the order of the given paths, and in each directory first its files
-sorted by name, then its subdirectories sorted by name, each walked the same way. The same workers also check files against manifest entries
-(size and SHA-256, in the same read as the PNG check).
+sorted by name, then its subdirectories sorted by name, each walked the same way. The
+same workers also check files against manifest entries (size and SHA-256, in the same
+read as the PNG check).
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def scan(
 ) -> Iterator[PngReport]:
     """Check every PNG under ``paths`` and yield one :class:`PngReport` per file.
 
-    A directory is walked recursively (symbolic links to directories are not followed)
-    and its files whose names match ``pattern`` are checked; a path naming a file is
+    A directory is walked recursively, and its files whose names match ``pattern`` are
+    checked. Symbolic links to directories are not followed. A path naming a file is
     checked whatever its name. Reports come in a stable order, not as completed: the
     order of ``paths``, and in each directory first its files sorted by name, then its
     subdirectories sorted by name, each walked the same way. ``jobs`` worker processes

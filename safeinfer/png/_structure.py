@@ -7,7 +7,7 @@ valid, the PLTE and tRNS rules, one run of IDAT chunks, chunks allowed only once
 empty IEND exactly at the end of the file. The ``full`` level also inflates the image
 data in the same pass (see :mod:`safeinfer.png._imagedata`).
 
-Like Go's image/png, every message names the chunk and the byte offset of the fault.
+Every message names the chunk and the byte offset of the fault.
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ from safeinfer.png._report import (
 #: gives a short report, not a million entries.
 MAX_PROBLEMS: Final = 64
 
-#: Chunks that may appear at most once (section 5.6, table 7; cICP, mDCV, cLLI and eXIf
-#: from the Third Edition).
+#: Chunks that may appear at most once (section 5.6 "Chunk ordering"; cICP, mDCV, cLLI
+#: and eXIf come from the Third Edition).
 ONCE_ONLY: Final = frozenset(
     b"IHDR PLTE IEND cHRM gAMA iCCP sBIT sRGB cICP mDCV cLLI bKGD hIST tRNS eXIf pHYs tIME".split()
 )
 _TRNS: Final = b"tRNS"
-#: tRNS data length for the colour types without a palette (section 11.3.1.1).
+#: tRNS data length for the greyscale and truecolour types without alpha.
 _TRNS_LENGTH: Final = {0: 2, 2: 6}
 _PLTE_ENTRY_SIZE: Final = 3
 _MAX_PLTE_ENTRIES: Final = 256

@@ -74,7 +74,7 @@ def verify_source(
     limits: Limits | None = None,
     on_read: Callable[[memoryview], object] | None = None,
 ) -> PngReport:
-    """Check ``source``; ``on_read`` sees every byte read (the manifest check hashes it)."""
+    """Check ``source``; ``on_read`` receives every byte read (the manifest check hashes it)."""
     if level not in LEVELS:
         raise ValueError(f"invalid level {level!r}: expected one of {', '.join(LEVELS)}")
     limits = limits if limits is not None else DEFAULT_LIMITS
