@@ -79,6 +79,15 @@ def test_scan_stops_early_without_error(tree: Path) -> None:
     assert first.path is not None
 
 
+def test_fifo_skipped_in_tree_and_rejected_by_name(tree: Path) -> None:
+    fifo = tree / "a" / "pipe.png"
+    os.mkfifo(fifo)
+    assert str(fifo) not in list(iter_files([tree]))
+    reports = list(scan([fifo], jobs=1))
+    assert [p.code for p in reports[0].problems] == [codes.READ_ERROR]
+    assert "not a regular file" in reports[0].problems[0].message
+
+
 def test_missing_path_reported_as_read_error(tmp_path: Path) -> None:
     reports = list(scan([tmp_path / "absent"], jobs=1))
     assert [p.code for p in reports[0].problems] == [codes.READ_ERROR]

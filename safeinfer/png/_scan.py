@@ -11,11 +11,13 @@ read as the PNG check).
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import itertools
 import multiprocessing
 import os
+import stat
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -127,7 +129,11 @@ def iter_files(
             for entry in listed:
                 if entry.is_dir(follow_symlinks=False):
                     subdirectories.append(entry.path)
-                elif name_matches(entry.name, pattern):
+                elif not name_matches(entry.name, pattern):
+                    continue
+                elif entry.is_file() or entry.is_symlink():
+                    # A broken link is yielded and reported as unreadable; FIFOs, sockets
+                    # and devices are skipped, because opening a FIFO blocks forever.
                     yield entry.path
             stack.extend(reversed(subdirectories))
 
@@ -181,6 +187,8 @@ def verify_task(task: VerifyTask, level: Level, limits: Limits) -> PngReport:
     digest = hashlib.sha256() if task.expected_sha256 is not None else None
     on_read = digest.update if digest is not None else None
     try:
+        if not stat.S_ISREG(os.stat(task.path).st_mode):
+            return _unreadable(task, level, OSError(errno.EINVAL, "not a regular file"))
         with open(task.path, "rb", buffering=0) as file:
             if task.check_png:
                 report = verify_open_file(
