@@ -19,10 +19,14 @@ from safeinfer.encode import COMPRESSION_MODES, encode_png, to_array
 from safeinfer.encode._deflate import PARALLEL_MIN_SIZE, available_backends, deflate
 from safeinfer.encode._fast import (
     MODE_CANDIDATES,
+    assemble_png,
     compress_pixels,
+    compress_smallest,
     filter_image,
+    image_header,
 )
 from safeinfer.encode._filters import FILTER_PAETH, FILTER_UP, filter_rows
+from safeinfer.encode._pillow import pillow_optimized_stream
 from safeinfer.png import Ihdr, iter_chunks
 
 Array = np.ndarray[Any, Any]
@@ -234,6 +238,40 @@ def test_small_not_larger_than_pillow_optimize() -> None:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", optimize=True)
     assert len(encode_png(pixels, compression="small")) <= len(buffer.getvalue())
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        smooth_image(30, 20, 1),
+        smooth_image(30, 20, 2),
+        smooth_image(30, 20, 3),
+        smooth_image(30, 20, 4),
+        smooth_image(30, 20, 1).astype(np.uint16) * 257,
+    ],
+    ids=["L", "LA", "RGB", "RGBA", "I;16"],
+)
+def test_pillow_stream_fits_our_header(pixels: Array) -> None:
+    # "small" may keep Pillow's zlib stream under safeinfer's own IHDR.
+    stream = pillow_optimized_stream(pixels)
+    assert stream is not None
+    assert_decodes_exactly(assemble_png(image_header(pixels), stream), pixels)
+
+
+def test_pillow_stream_absent_for_16_bit_colour() -> None:
+    assert pillow_optimized_stream(np.zeros((4, 4, 3), np.uint16)) is None
+    assert_decodes_exactly(
+        encode_png(np.full((4, 4, 3), 1000, np.uint16), compression="small"),
+        np.full((4, 4, 3), 1000, np.uint16),
+    )
+
+
+def test_small_keeps_smallest_candidate() -> None:
+    pixels = smooth_image(64, 64, 3, seed=4)
+    ours = compress_pixels(pixels, MODE_CANDIDATES["small"])
+    pillow_stream = pillow_optimized_stream(pixels)
+    assert pillow_stream is not None
+    assert len(compress_smallest(pixels)) == min(len(ours), len(pillow_stream))
 
 
 def test_flat_image_compresses_to_little() -> None:

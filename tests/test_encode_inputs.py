@@ -107,9 +107,10 @@ def test_torch_tensor_inputs(name: str, tensor: Any, expected: Array) -> None:
 
 
 def test_torch_tiny_image_read_as_chw() -> None:
-    # (3, 4, 4): both ends could be channels; torch's layout puts them first.
+    # Both ends could be channels here, and torch's layout puts them first.
     tensor = torch.arange(48, dtype=torch.uint8).reshape(3, 4, 4)
     assert to_array(tensor).shape == (4, 4, 3)
+    assert to_array(torch.zeros(4, 4, 3, dtype=torch.uint8)).shape == (4, 3, 4)
 
 
 def test_import_does_not_load_torch() -> None:

@@ -119,9 +119,8 @@ def _from_torch(tensor: Any) -> np.ndarray[Any, np.dtype[Any]]:
 
 
 def _looks_channels_first(shape: tuple[int, ...]) -> bool:
-    channels_first = shape[0] in SUPPORTED_CHANNELS
-    channels_last = shape[2] in SUPPORTED_CHANNELS
-    return channels_first and (not channels_last or shape[0] <= shape[2])
+    # torch and diffusers put channels first, so that wins when both ends could be channels.
+    return shape[0] in SUPPORTED_CHANNELS
 
 
 def _from_pillow(image: Image.Image) -> np.ndarray[Any, np.dtype[Any]]:
