@@ -150,10 +150,13 @@ def show_grid(
 
     ``items`` is one output or a list of them. An output is a path (``str`` or
     ``os.PathLike``), or any object with a ``path`` attribute, such as a
-    :class:`~safeinfer.writer.WriteResult` or a pipeline result. A directory stands for its
-    PNG, JPEG and WebP files, sorted by name, which is creation order for safeinfer's
-    unique names. The caption takes ``prompt`` and ``seed`` from the object when it has
-    them, and from the PNG's safeinfer metadata otherwise.
+    :class:`~safeinfer.writer.WriteResult` or a pipeline result. A manifest
+    (``manifest*.jsonl``), one of its entries, and the summary that a generate job
+    returns stand for the images they record. A directory stands for the images in its
+    manifests when it has any, and otherwise for its PNG, JPEG and WebP files, sorted by
+    name, which is creation order for safeinfer's unique names. The caption takes
+    ``prompt`` and ``seed`` from the object or manifest line when it has them, and from
+    the PNG's safeinfer metadata otherwise.
 
     An image that cannot be read gets a cell that says why, so one corrupt file does not
     hide the others. At most ``max_images`` are shown, and the grid says how many it left
@@ -181,9 +184,15 @@ def show_grid(
     )
 
 
+def _is_single_output(item: Any) -> bool:
+    return isinstance(item, str | os.PathLike) or any(
+        hasattr(item, attribute) for attribute in ("path", "absolute_path", "manifests")
+    )
+
+
 def _expand(items: Any) -> list[Any]:
-    """Flatten ``items`` into a list of single outputs, expanding directories."""
-    if isinstance(items, str | os.PathLike) or hasattr(items, "path"):
+    """Flatten ``items`` into a list of single outputs, expanding directories and manifests."""
+    if _is_single_output(items):
         items = [items]
     elif not isinstance(items, Iterable):
         raise TypeError(
@@ -192,11 +201,31 @@ def _expand(items: Any) -> list[Any]:
         )
     entries: list[Any] = []
     for item in items:
-        if isinstance(item, str | os.PathLike) and Path(item).is_dir():
-            entries.extend(_images_in(Path(item)))
-        else:
-            entries.append(item)
+        entries.extend(_expand_one(item))
     return entries
+
+
+def _expand_one(item: Any) -> list[Any]:
+    from safeinfer.manifest import find_manifests, read_manifest, read_manifests
+
+    if isinstance(item, str | os.PathLike):
+        path = Path(item)
+        if path.is_dir():
+            # An output root with manifests lists its images in the manifests, with their
+            # prompts and seeds; a plain directory is listed by name.
+            manifests = find_manifests(path)
+            return list(read_manifests(manifests)) if manifests else list(_images_in(path))
+        if path.suffix == ".jsonl":
+            return list(read_manifest(path))
+        return [path]
+    if isinstance(getattr(item, "path", None), str | os.PathLike) and (
+        Path(item.path).suffix == ".jsonl"
+    ):
+        return list(read_manifest(item.path))  # an open Manifest
+    if hasattr(item, "manifests") and hasattr(item, "out"):
+        # The summary of a generate job: its manifests are named relative to its output root.
+        return list(read_manifests([Path(item.out) / name for name in item.manifests]))
+    return [item]
 
 
 def _images_in(directory: Path) -> list[Path]:
@@ -214,6 +243,11 @@ def _make_cell(item: Any, thumbnail_pixels: int) -> GridCell:
     if isinstance(item, str | os.PathLike):
         path = Path(item)
         prompt, seed = None, None
+    elif hasattr(item, "absolute_path") and hasattr(item, "fields"):
+        # A manifest entry: its path is relative to the manifest, and producers record the
+        # prompt and seed among the other fields of the line.
+        path = Path(item.absolute_path)
+        prompt, seed = item.fields.get("prompt"), item.fields.get("seed")
     elif hasattr(item, "path"):
         path = Path(item.path)
         prompt, seed = getattr(item, "prompt", None), getattr(item, "seed", None)

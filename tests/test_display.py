@@ -15,6 +15,8 @@ from PIL import Image
 
 import safeinfer
 from safeinfer._display import DEFAULT_THUMBNAIL_PIXELS, ImageGrid, show_grid
+from safeinfer.jobs import JobSummary
+from safeinfer.manifest import Manifest, read_manifest
 
 _IMAGE_SOURCE = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -125,12 +127,66 @@ def test_directory_lists_images_in_order(tmp_path: Path) -> None:
     results = [_save(tmp_path, value) for value in (1, 2, 3)]
     (tmp_path / ".partial-write.png.tmp").write_bytes(b"not an image")
     (tmp_path / ".hidden.png").write_bytes(b"not an image")
-    (tmp_path / "manifest.jsonl").write_text("{}\n")
+    (tmp_path / "notes.txt").write_text("not an image\n")
 
     grid = show_grid(tmp_path)
 
     assert [cell.path for cell in grid.cells] == [result.path for result in results]
     assert all(cell.error is None for cell in grid.cells)
+
+
+def _recorded_job(root: Path) -> list[safeinfer.WriteResult]:
+    """Write three images under root/images and record them, newest first, in a manifest."""
+    results = [_save(root / "images", value) for value in (10, 20, 30)]
+    with Manifest(root / "manifest-cpu0.jsonl") as manifest:
+        for index, result in reversed(list(enumerate(results))):
+            manifest.record(result, prompt=f"job prompt {index}", seed=500 + index)
+    return results
+
+
+def test_directory_with_manifest_uses_entries(tmp_path: Path) -> None:
+    results = _recorded_job(tmp_path)
+    _save(tmp_path / "images", 40)  # present on disk, but not recorded
+
+    grid = show_grid(tmp_path)
+
+    assert [cell.path for cell in grid.cells] == [result.path for result in reversed(results)]
+    assert [cell.prompt for cell in grid.cells] == [f"job prompt {i}" for i in (2, 1, 0)]
+    assert [cell.seed for cell in grid.cells] == [502, 501, 500]
+    assert all(cell.error is None for cell in grid.cells)
+
+
+def test_manifest_file_and_entries(tmp_path: Path) -> None:
+    results = _recorded_job(tmp_path)
+    manifest_path = tmp_path / "manifest-cpu0.jsonl"
+
+    from_file = show_grid(manifest_path)
+    from_entries = show_grid(read_manifest(manifest_path)[:2])
+    with Manifest(manifest_path) as manifest:
+        from_open_manifest = show_grid(manifest)
+
+    assert len(from_file) == 3
+    assert [cell.path for cell in from_entries.cells] == [results[2].path, results[1].path]
+    assert len(from_open_manifest) == 3
+
+
+def test_job_summary_shows_its_images(tmp_path: Path) -> None:
+    results = _recorded_job(tmp_path)
+    summary = JobSummary(
+        out=tmp_path,
+        total=3,
+        skipped=0,
+        written=3,
+        failed={},
+        not_started=0,
+        seconds=1.0,
+        manifests=["manifest-cpu0.jsonl"],
+    )
+
+    grid = show_grid(summary)
+
+    assert sorted(cell.path for cell in grid.cells) == sorted(result.path for result in results)
+    assert "job prompt 1" in grid._repr_html_()
 
 
 def test_plain_paths_take_metadata(tmp_path: Path) -> None:
