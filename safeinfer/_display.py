@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 #: Images per row.
 DEFAULT_COLUMNS: Final = 4
 
-#: Longest side of a thumbnail in pixels. Larger images are scaled down before they are
+#: Maximum width and height of a thumbnail in pixels. Larger images are scaled down before they are
 #: embedded, so the notebook stores small thumbnails whatever the size of the originals.
 DEFAULT_THUMBNAIL_PIXELS: Final = 256
 
@@ -158,9 +158,10 @@ def show_grid(
     ``prompt`` and ``seed`` from the object or manifest line when it has them, and from
     the PNG's safeinfer metadata otherwise.
 
-    An image that cannot be read gets a cell that says why, so one corrupt file does not
-    hide the others. At most ``max_images`` are shown, and the grid says how many it left
-    out. ``thumbnail_pixels`` is the longest side of each embedded thumbnail.
+    An image that cannot be read gets a cell that shows the error, so one corrupt file
+    does not hide the others. At most ``max_images`` are shown, and the grid states how
+    many it left out. ``thumbnail_pixels`` is the maximum width and height of each
+    embedded thumbnail.
 
     >>> grid = safeinfer.show_grid(pipe(["a cat", "a dog"], seeds=[1, 2]))  # doctest: +SKIP
     >>> grid                      # the last expression of a cell renders inline
