@@ -17,7 +17,7 @@ from safeinfer._version import __version__
 from safeinfer.errors import SafeInferError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("clean", "launch", "verify")
+SUBCOMMANDS: tuple[str, ...] = ("clean", "generate", "launch", "verify")
 
 EXIT_OK = 0
 EXIT_FAILURES = 1

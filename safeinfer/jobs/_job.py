@@ -1,0 +1,272 @@
+"""``generate()``: check the options, plan the items, skip finished ones, run the engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from safeinfer.errors import ConfigError, JobError, JobInterrupted, WriteError
+from safeinfer.jobs._items import make_items
+from safeinfer.jobs._local import LocalEngine
+from safeinfer.jobs._progress import Progress
+from safeinfer.jobs._prompts import PromptSource, parse_size, read_prompts
+from safeinfer.jobs._resume import find_finished, manifest_names
+from safeinfer.jobs._run import DEFAULT_RETRIES
+from safeinfer.jobs._slots import plan_slots
+from safeinfer.jobs._summary import JobSummary
+from safeinfer.jobs._worker import WorkerConfig
+
+__all__ = ["DEFAULT_SEED", "DTYPES", "generate"]
+
+logger = logging.getLogger(__name__)
+
+#: Base seed when none is given; item seeds derive from it (see ``safeinfer.jobs``).
+DEFAULT_SEED: Final = 0
+#: Values accepted for ``dtype``: torch dtype names.
+DTYPES: Final = ("float32", "float16", "bfloat16")
+#: Seconds that workers get to finish their current batch after SIGINT or SIGTERM,
+#: before they are killed. A killed worker loses only the batch it was making.
+DEFAULT_STOP_TIMEOUT: Final = 30.0
+
+
+def generate(
+    prompts: PromptSource,
+    out: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | None = None,
+    gpus: str | Sequence[int | str] | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    negative_prompt: str | None = None,
+    size: str | tuple[int, int] | None = None,
+    seed: int = DEFAULT_SEED,
+    images_per_prompt: int = 1,
+    batch_size: int = 1,
+    dtype: str | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+    retries: int = DEFAULT_RETRIES,
+    local_files_only: bool = False,
+    pipeline_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+) -> JobSummary:
+    """Make one image per item of ``prompts`` into ``out``, in worker processes.
+
+    ``prompts`` is a ``.txt``, ``.jsonl`` or ``.csv`` file (see
+    :func:`~safeinfer.jobs.read_prompts`) or a list of prompts. ``model`` is an embedded
+    model name (default ``tiny-digits``), a folder written by ``save_pretrained``, or a
+    Hub id. ``gpus`` is ``"auto"`` (default: every visible GPU, else the CPU), ``"cpu"``
+    or ids such as ``"0,1"``. The job starts one worker per GPU, or ``workers`` CPU
+    workers, each with ``threads_per_worker`` CPU threads (default: an even share of
+    the cores). ``steps``, ``guidance``, ``negative_prompt`` and ``size`` (``"WxH"``) are
+    defaults that a row of the prompt file may override; None keeps the pipeline's own.
+
+    Every image is written atomically and recorded in ``manifest-<worker>.jsonl`` in
+    ``out``. An output directory that already has a manifest is rejected unless
+    ``resume`` is true; then items whose file matches its record are skipped. A failed
+    item is tried ``retries`` more times, and a worker that dies is replaced. Under the
+    main thread, SIGINT and SIGTERM stop the workers cleanly.
+
+    On Linux and macOS, a script that calls this must guard its top level with
+    ``if __name__ == "__main__":``, because the workers are started with "spawn" and
+    import the script's main module again.
+
+    >>> import safeinfer
+    >>> summary = safeinfer.generate(["7", "a handwritten three"], "outputs")  # doctest: +SKIP
+    >>> summary.written                                                        # doctest: +SKIP
+    2
+
+    Raises:
+        ConfigError: invalid options or prompt file, or a manifest in ``out`` without
+            ``resume``.
+        ModelError: the model is unknown or cannot be loaded.
+        WriteError: ``out`` cannot be created or written.
+        JobError: some items failed (``error.failed`` lists them, ``error.summary``
+            describes the run).
+        JobInterrupted: SIGINT or SIGTERM stopped the job; run it again with ``resume``.
+    """
+    started = time.monotonic()
+    root = Path(out)
+    config = _worker_config(
+        model,
+        root,
+        dtype=dtype,
+        scheduler=scheduler,
+        local_files_only=local_files_only,
+        batch_size=batch_size,
+        retries=retries,
+        pipeline_kwargs=pipeline_kwargs,
+    )
+    width, height = _job_size(size)
+    items = make_items(
+        read_prompts(prompts),
+        seed=_check_seed(seed),
+        images_per_prompt=images_per_prompt,
+        negative_prompt=negative_prompt,
+        steps=_check_steps(steps),
+        guidance=guidance,
+        width=width,
+        height=height,
+    )
+    slots = plan_slots(gpus, workers, threads_per_worker)
+    _prepare_root(root, resume=resume)
+
+    finished = find_finished(items, root) if resume else {}
+    todo = [item for item in items if item.id not in finished]
+    logger.info(
+        "job: %d items, %d done before, %d to make, %d workers",
+        len(items),
+        len(finished),
+        len(todo),
+        len(slots),
+    )
+    bar = Progress(len(todo), enabled=progress, skipped=len(finished))
+    try:
+        if todo:
+            engine = LocalEngine(todo, config, slots, progress=bar, stop_timeout=stop_timeout)
+            result = engine.run()
+        else:
+            result = None
+    finally:
+        bar.close()
+
+    done = result.done if result is not None else {}
+    failed = result.failed if result is not None else {}
+    summary = JobSummary(
+        out=root,
+        total=len(items),
+        skipped=len(finished),
+        written=len(done),
+        failed=dict(failed),
+        not_started=len(todo) - len(done) - len(failed),
+        seconds=time.monotonic() - started,
+        workers=dict(result.devices) if result is not None else {},
+        manifests=manifest_names(root),
+        interrupted=result.interrupted if result is not None else None,
+    )
+    if result is not None and result.fatal is not None:
+        from safeinfer.errors import ModelError
+
+        raise ModelError(f"cannot load model {config.model!r}: {result.fatal}")
+    _raise_unless_ok(summary)
+    return summary
+
+
+def _raise_unless_ok(summary: JobSummary) -> None:
+    if summary.interrupted is not None:
+        raise JobInterrupted(
+            f"stopped by signal {summary.interrupted}: {summary.written} images written, "
+            f"{summary.not_started} items left; run again with resume to finish them",
+            signal=summary.interrupted,
+            failed=list(summary.failed),
+            summary=summary,
+        )
+    if summary.failed:
+        shown = ", ".join(list(summary.failed)[:5])
+        more = f" and {len(summary.failed) - 5} more" if len(summary.failed) > 5 else ""
+        raise JobError(
+            f"{len(summary.failed)} of {summary.total} items failed ({shown}{more}); "
+            "see the log for the errors, and run again with resume to retry them",
+            failed=list(summary.failed),
+            summary=summary,
+        )
+    if summary.not_started:
+        # Without a signal this means the workers stopped early, which the engine
+        # reports as failures; kept as a guard so a short run never looks complete.
+        raise JobError(f"{summary.not_started} items were not made", summary=summary)
+
+
+def _worker_config(
+    model: str | os.PathLike[str] | None,
+    root: Path,
+    *,
+    dtype: str | None,
+    scheduler: str | None,
+    local_files_only: bool,
+    batch_size: int,
+    retries: int,
+    pipeline_kwargs: Mapping[str, Any] | None,
+) -> WorkerConfig:
+    from safeinfer.tiny import DEFAULT_MODEL, resolve_model
+
+    name = os.fspath(model) if model is not None else DEFAULT_MODEL
+    resolve_model(name)  # raises ModelError for an unknown name or a missing folder
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"invalid dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise ConfigError(f"invalid batch size {batch_size}: must be at least 1")
+    if retries < 0:
+        raise ConfigError(f"invalid retries {retries}: must be 0 or more")
+    if scheduler is not None and not scheduler.isidentifier():
+        raise ConfigError(
+            f"invalid scheduler {scheduler!r}: expected a diffusers scheduler class name "
+            "such as 'DDIMScheduler'"
+        )
+    return WorkerConfig(
+        model=name,
+        root=root.resolve(),
+        torch_dtype=dtype,
+        scheduler=scheduler,
+        local_files_only=local_files_only,
+        batch_size=batch_size,
+        retries=retries,
+        pipeline_kwargs=dict(pipeline_kwargs or {}),
+        log_level=logging.getLogger("safeinfer").getEffectiveLevel(),
+    )
+
+
+def _job_size(size: str | tuple[int, int] | None) -> tuple[int | None, int | None]:
+    if size is None:
+        return None, None
+    if isinstance(size, str):
+        return parse_size(size)
+    width, height = size
+    return parse_size(f"{width}x{height}")
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"invalid seed {seed!r}: expected a whole number of at least 0")
+    return seed
+
+
+def _check_steps(steps: int | None) -> int | None:
+    if steps is not None and steps < 1:
+        raise ConfigError(f"invalid steps {steps}: must be at least 1")
+    return steps
+
+
+def _prepare_root(root: Path, *, resume: bool) -> None:
+    existing = manifest_names(root)
+    if existing and not resume:
+        raise ConfigError(
+            f"output directory {root} already contains a job ({', '.join(existing)}): "
+            "pass --resume (resume=True) to finish it, or choose a new output directory"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # Workers fail only after loading the model; checking here saves that time.
+        probe, probe_path = tempfile.mkstemp(prefix=".safeinfer-probe-", dir=root)
+        os.close(probe)
+        os.unlink(probe_path)
+    except OSError as error:
+        raise WriteError(
+            f"output directory {root} is not writable: {error.strerror or error}; "
+            "choose another --out directory or fix its permissions",
+            path=str(root),
+            errno=error.errno,
+        ) from error
+    if resume:
+        from safeinfer.writer import clean_stale_temps
+
+        removed = clean_stale_temps(root)
+        if removed:
+            logger.info("removed %d temp files left by killed workers", len(removed))

@@ -1,0 +1,86 @@
+"""Which items an earlier run of the job already finished, from the manifests and the files."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+from safeinfer.jobs._items import Item
+from safeinfer.manifest import ManifestEntry, find_manifests, read_manifests
+
+__all__ = ["find_finished", "manifest_names"]
+
+logger = logging.getLogger(__name__)
+
+#: Threads that hash recorded files: enough to keep a disk or a network file system
+#: busy; the hashing itself releases the GIL.
+HASH_THREADS: Final = 8
+
+
+def manifest_names(root: Path) -> list[str]:
+    """Return the names of the manifests directly in ``root`` (none when it is missing)."""
+    if not root.is_dir():
+        return []
+    return [path.name for path in find_manifests(root)]
+
+
+def find_finished(items: Sequence[Item], root: Path) -> dict[str, ManifestEntry]:
+    """Return the entry of every item whose recorded file exists and matches its record.
+
+    An item counts as finished when a manifest line names its id, its file name and its
+    parameters, and the file on disk has the recorded size and SHA-256. Items whose file
+    is missing, damaged, or was made with other parameters are left out, so the job
+    makes them again and replaces the file.
+    """
+    by_id = {item.id: item for item in items}
+    candidates: dict[str, list[ManifestEntry]] = {}
+    changed = 0
+    for entry in read_manifests(root):
+        item = by_id.get(str(entry.fields.get("item")))
+        if item is None or entry.path != item.name:
+            continue
+        if not _same_params(item, entry):
+            changed += 1
+            continue
+        candidates.setdefault(item.id, []).append(entry)
+    if changed:
+        logger.warning(
+            "%d manifest entries were made with other parameters; making those items again",
+            changed,
+        )
+    finished: dict[str, ManifestEntry] = {}
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        checks = pool.map(_first_match, candidates.values())
+        for item_id, match in zip(candidates, checks, strict=True):
+            if match is not None:
+                finished[item_id] = match
+            else:
+                logger.info("item %s: recorded file missing or changed; making it again", item_id)
+    return finished
+
+
+def _same_params(item: Item, entry: ManifestEntry) -> bool:
+    return all(entry.fields.get(key) == value for key, value in item.params().items())
+
+
+def _first_match(entries: Iterable[ManifestEntry]) -> ManifestEntry | None:
+    for entry in entries:
+        if _file_matches(entry):
+            return entry
+    return None
+
+
+def _file_matches(entry: ManifestEntry) -> bool:
+    path = entry.absolute_path
+    try:
+        if os.stat(path).st_size != entry.bytes:
+            return False
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest() == entry.sha256
+    except OSError:
+        return False

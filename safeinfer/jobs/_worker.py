@@ -1,0 +1,174 @@
+"""The worker process of the local engine: bind a device, load the model once, run items.
+
+The parent talks to each worker over its own pipe. A killed worker can tear at most its
+own pipe, which dies with it: a queue shared by all workers would stay locked, or hold
+half a message, after one of them was killed mid-write.
+
+Messages from the worker, as tuples: ``("ready", device)``, ``("done", item_id,
+entry)``, ``("failed", item_id, error, attempts)`` and ``("fatal", message)`` when the
+model cannot load. Messages to the worker: a list of items to run, or None to exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+
+from safeinfer.jobs._items import Item
+from safeinfer.jobs._run import ItemOutcome, run_items
+
+__all__ = ["EXIT_FATAL", "EXIT_STOPPED", "WorkerConfig", "WorkerSlot", "worker_main"]
+
+logger = logging.getLogger(__name__)
+
+#: Exit code of a worker that could not load the model; restarting it cannot help.
+EXIT_FATAL: Final = 3
+#: Exit code of a worker stopped by SIGTERM. Non-zero, so a worker stopped from outside
+#: the job (not by the parent) is restarted.
+EXIT_STOPPED: Final = 4
+#: Seconds between checks of the stop flag while the worker waits for work.
+IDLE_POLL_SECONDS: Final = 0.2
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """One worker: its name (also its manifest's suffix), its GPU or None, its threads."""
+
+    name: str
+    gpu: str | None
+    threads: int | None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker of a job needs; picklable, sent to each worker at start."""
+
+    model: str
+    root: Path
+    torch_dtype: str | None = None
+    scheduler: str | None = None
+    local_files_only: bool = False
+    batch_size: int = 1
+    retries: int = 2
+    pipeline_kwargs: dict[str, Any] = field(default_factory=dict)
+    log_level: int = logging.WARNING
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+
+
+def worker_main(config: WorkerConfig, slot: WorkerSlot, conn: Connection) -> None:
+    """Run one worker until the parent sends None, the pipe closes, or SIGTERM arrives."""
+    # Ctrl-C reaches every process of the terminal's foreground group; the parent
+    # decides how to stop, so the worker ignores SIGINT and waits for SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = _StopFlag()
+    signal.signal(signal.SIGTERM, stop)
+    _log_to_stderr(config.log_level, slot.name)
+    device = _bind(slot)
+    try:
+        pipeline = _load(config, device)
+    except Exception as error:
+        logger.error("worker %s: cannot load model %s: %s", slot.name, config.model, error)
+        conn.send(("fatal", f"{type(error).__name__}: {error}"))
+        conn.close()
+        sys.exit(EXIT_FATAL)
+    conn.send(("ready", device))
+
+    from safeinfer.manifest import Manifest
+
+    with Manifest(config.root / f"manifest-{slot.name}.jsonl") as manifest:
+        while stop.signum is None:
+            if not conn.poll(IDLE_POLL_SECONDS):
+                continue
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                logger.warning("worker %s: the parent is gone; exiting", slot.name)
+                return
+            if message is None:
+                return
+            items: list[Item] = message
+
+            def report(outcome: ItemOutcome) -> None:
+                if outcome.ok:
+                    conn.send(("done", outcome.item_id, outcome.entry))
+                else:
+                    conn.send(("failed", outcome.item_id, outcome.error, outcome.attempts))
+
+            run_items(
+                items,
+                pipeline,
+                manifest=manifest,
+                worker=slot.name,
+                device=device,
+                batch_size=config.batch_size,
+                retries=config.retries,
+                pipeline_kwargs=config.pipeline_kwargs,
+                on_outcome=report,
+                should_stop=lambda: stop.signum is not None,
+            )
+    logger.info("worker %s: stopped by signal %d", slot.name, stop.signum)
+    sys.exit(EXIT_STOPPED)
+
+
+def _log_to_stderr(level: int, name: str) -> None:
+    # A spawned process starts with no handlers. Only the package's own logger is set
+    # up, at the parent's level, so the root logger stays the application's.
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+    )
+    package_logger = logging.getLogger("safeinfer")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(level)
+    package_logger.propagate = False
+
+
+def _bind(slot: WorkerSlot) -> str:
+    # Runs before anything imports torch, so CUDA_VISIBLE_DEVICES and the thread
+    # variables are in place when torch and its OpenMP runtime start.
+    from safeinfer.gpu import apply_thread_budget, bind_gpu, worker_env
+
+    # worker_env narrows CUDA_VISIBLE_DEVICES to the slot's GPU and names it in
+    # SAFEINFER_GPU, which bind_gpu() then follows.
+    os.environ.update(worker_env(gpu=slot.gpu, threads=slot.threads))
+    binding = bind_gpu()
+    if slot.threads is not None:
+        apply_thread_budget(slot.threads)
+    return str(binding.device)
+
+
+def _load(config: WorkerConfig, device: str) -> Any:
+    from diffusers.utils import logging as diffusers_logging
+
+    from safeinfer.pipeline import SafePipeline
+
+    # The job shows one progress bar for all workers; per-step and loading bars from
+    # every worker would interleave with it on the same terminal.
+    diffusers_logging.disable_progress_bar()
+    pipeline = SafePipeline.from_pretrained(
+        config.model,
+        output_dir=config.root,
+        device=device,
+        torch_dtype=config.torch_dtype,
+        local_files_only=config.local_files_only,
+        scheduler=config.scheduler,
+        # Item names are fixed, so a file at the name is an earlier attempt of the same
+        # item that died before its manifest line; replacing it keeps one file per item.
+        if_exists="replace",
+    )
+    pipeline.pipe.set_progress_bar_config(disable=True)
+    return pipeline
