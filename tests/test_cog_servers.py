@@ -253,3 +253,40 @@ def test_introspection_mixin_positions_and_defaults(tmp_path: Path) -> None:
         assert report["inputs"] == {"request_id": 7, "label": "fallback", "scale": 0.5}, context
         report = json.loads(decode_data_url(given["output"])[1])
         assert report["inputs"] == {"request_id": 3, "label": "given", "scale": 0.5}, context
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_server_stop_removes_private_dir(tmp_path: Path, signum: int) -> None:
+    # Started without the launcher, which would remove the outputs directory itself.
+    output_root = tmp_path / "outputs"
+    port = free_ports(1)[0]
+    log_path = tmp_path / "server.log"
+    env = {
+        **os.environ,
+        "COG_PREDICT_TYPE_STUB": "mixin_sync.py:Predictor",
+        "PORT": str(port),
+        "SAFEINFER_OUTPUT_DIR": str(output_root),
+    }
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            COG_SERVER, cwd=PREDICTORS, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        url = f"http://127.0.0.1:{port}"
+        while probe(f"{url}/health-check")[0] is not Health.READY:
+            assert server.poll() is None, log_tail(log_path)
+            assert time.monotonic() < deadline, log_tail(log_path)
+            time.sleep(0.2)
+        document = predict(url, {"request_id": 1}, Tally())
+        directories = private_dirs(output_root)
+        server.send_signal(signum)
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+    assert document["status"] == "succeeded", log_tail(log_path)
+    assert len(directories) == 1, directories
+    assert not directories[0].exists(), log_tail(log_path)
