@@ -6,7 +6,7 @@ One JSON object per line and per published file::
 
 ``path`` is relative to the manifest's directory and uses ``/``; ``bytes`` and ``sha256``
 describe exactly the published bytes, so a later check catches a truncated file and also a
-valid PNG that holds another request's image. Producers add any further fields (item id,
+valid PNG that contains another request's image. Producers add any further fields (item id,
 prompt, seed, worker, device, seconds). A job writes ``manifest.jsonl``, or
 ``manifest-<rank>.jsonl`` per rank or worker, in its output root; readers take every
 ``manifest*.jsonl`` there.

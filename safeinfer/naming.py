@@ -36,13 +36,13 @@ __all__ = ["DEFAULT_MAX_STEM_BYTES", "DEFAULT_SUFFIX", "sanitize_stem", "unique_
 #: The suffix of generated names unless the caller gives another one.
 DEFAULT_SUFFIX: Final = ".png"
 
-#: Upper bound of a sanitised stem in UTF-8 bytes. File systems allow 255 bytes per name;
-#: this leaves room for the 39-byte unique prefix, a suffix and the writer's temp-file name,
-#: which embeds the target name.
+#: Upper bound of a sanitised stem in UTF-8 bytes. File systems allow 255 bytes per name,
+#: so this leaves room for the 39-byte unique prefix and a suffix. The writer's temp-file
+#: name embeds the target name and cuts it to fit.
 DEFAULT_MAX_STEM_BYTES: Final = 100
 
 #: Random bits per name. Two names collide only if they share the microsecond and all of
-#: these bits; the writer also publishes without clobbering, so a collision never loses data.
+#: these bits. Even then no data is lost, because the writer publishes without clobbering.
 _RANDOM_BITS: Final = 64
 _RANDOM_MASK: Final = (1 << _RANDOM_BITS) - 1
 

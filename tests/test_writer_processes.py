@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -22,8 +23,8 @@ from safeinfer.writer._temps import parse_temp_name
 
 pytestmark = pytest.mark.slow
 
-#: Defines image(writer, index): a small image whose pixels depend on both numbers. Run in
-#: the writer processes and here, so the test knows every image that may appear.
+#: Defines image(writer, index): a small image whose pixels depend on both numbers. It runs
+#: in the writer processes and here, so the test can list every image that may appear.
 IMAGE_CODE = textwrap.dedent(
     """
     import numpy as np
@@ -211,10 +212,8 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
             writer = python(LOOPING_WRITER, target, *sources)
             assert writer.stdout is not None
             assert writer.stdout.readline().strip() == "ready"
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 writer.wait(timeout=randomizer.uniform(0.0, 0.04))
-            except subprocess.TimeoutExpired:
-                pass
             writer.send_signal(signal.SIGKILL)
             writer.wait(timeout=30)
             assert writer.returncode == -signal.SIGKILL

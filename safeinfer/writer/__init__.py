@@ -2,7 +2,7 @@
 
 ``atomic_write`` and ``atomic_open`` publish bytes; ``save_png`` and ``save_image``
 encode an image first; ``clean_stale_temps`` removes what killed writers left behind.
-Each private module holds one concern: ``_atomic`` the write sequence, ``_fs`` the
+Each private module covers one concern: ``_atomic`` the write sequence, ``_fs`` the
 system calls, ``_temps`` temp-file names and the sweep, ``_owner`` process identity,
 ``_dest`` directory and name rules, ``_save`` the image entry points.
 """

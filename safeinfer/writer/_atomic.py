@@ -77,7 +77,7 @@ class AtomicFile(io.BufferedWriter):
     """
 
     result: WriteResult | None = None
-    #: Where the file will be published (with if_exists="unique", possibly another name).
+    #: The path to publish at. With if_exists="unique", the final name may differ.
     target: Path
     temp_path: Path
 
@@ -282,9 +282,9 @@ def atomic_write(
 
     ``durability``: "none" (atomic visibility only), "file" (fsync the file before
     publishing) or "full" (also fsync the directory afterwards; the default).
-    ``if_exists``: "error" (the default; raise FileExistsConflict), "replace" (atomic
-    replace, keeping the old file's permission bits) or "unique" (keep the old file and
-    publish as ``<stem>-<unique name><suffix>`` instead). ``mode`` sets the permission
+    ``if_exists``: "error" (the default) raises FileExistsConflict. "replace" replaces
+    the file atomically and keeps the old file's permission bits. "unique" keeps the old
+    file and publishes as ``<stem>-<unique name><suffix>`` instead. ``mode`` sets the permission
     bits exactly; by default a new file gets 0o666 minus the umask, like ``open()``.
 
     Returns a WriteResult with the final path, the size and the SHA-256 of the bytes.
@@ -311,8 +311,8 @@ def atomic_open(
     """Open a temp file for writing, and publish it under ``path`` when the block succeeds.
 
     The options are those of :func:`atomic_write`. The yielded file may be written,
-    flushed and seeked freely; at the end of the block its contents are hashed back from
-    the file, so ``result.sha256`` matches what was published. If the block raises
+    flushed and seeked freely, because its contents are hashed back from the file at the
+    end of the block. So ``result.sha256`` always matches what was published. If the block raises
     (KeyboardInterrupt and SystemExit included), the temp file is removed, the target is
     left as it was, and the exception propagates.
 

@@ -1,4 +1,4 @@
-"""Turn a failed system call during a write into a WriteError that says what to do."""
+"""Turn a failed system call during a write into a WriteError that names the cause and fix."""
 
 from __future__ import annotations
 

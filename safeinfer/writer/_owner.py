@@ -1,9 +1,9 @@
 """Who owns a temp file: host, boot, pid namespace, pid and process start time.
 
 A pid alone does not identify a process: pids are reused, repeat after a reboot, and mean
-different processes in different pid namespaces (containers). The owner of a temp file is
-therefore recorded as the host name, the boot, the pid namespace, the pid and the start
-time of that pid, and a temp file is only judged abandoned when that exact process is gone.
+different processes in different pid namespaces (containers). So a temp file's name
+records the host name, the boot, the pid namespace, the pid and the start time of that
+pid. A temp file is only judged abandoned when that exact process is gone.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-#: Longest encoded host name kept verbatim; longer ones are replaced by a hash so the
+#: Longest encoded host name kept verbatim. Longer ones are replaced by a hash, so the
 #: temp-file name stays well under the 255-byte limit of a file name.
 _MAX_HOST_FIELD: Final = 64
 
@@ -120,7 +120,7 @@ def owner_liveness(owner: Owner) -> Liveness:
     A temp file from this host and an earlier boot is dead (a reboot ends every process).
     One from another host or pid namespace is unknown. Otherwise the pid must exist, with
     the same start time, and not be a zombie: a killed writer that its parent has not
-    reaped yet is a zombie that still holds its pid.
+    reaped yet is a zombie that still keeps its pid.
     """
     me = current_owner()
     if owner.host != me.host:

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-#: How hard a write works to survive a crash or power loss. "none": atomic visibility
+#: Protection of a write against a crash or power loss. "none": atomic visibility
 #: only. "file": fsync the file before publishing it. "full": also fsync the directory
 #: after publishing, so the new name itself is on disk.
 Durability = Literal["none", "file", "full"]
 
-#: What to do when the target name exists. "unique": never overwrite, choose a fresh
+#: Policy for a target name that exists. "unique": never overwrite, choose a fresh
 #: name. "replace": atomically replace the file. "error": raise FileExistsConflict.
 IfExists = Literal["unique", "replace", "error"]
 

@@ -15,7 +15,7 @@ from safeinfer.writer._result import DEFAULT_DURABILITY, Durability, IfExists, W
 if TYPE_CHECKING:
     from safeinfer.encode import Compression
 
-#: How thoroughly save_png checks the encoded file before publishing it. "structure":
+#: Depth of save_png's check of the encoded file before publishing. "structure":
 #: signature, chunk order and CRCs. "full": also inflates the image data and checks its size.
 VerifyLevel = Literal["structure", "full"]
 _VERIFY_LEVELS: Final = ("structure", "full")
@@ -67,9 +67,10 @@ def save_png(
 ) -> WriteResult:
     """Encode ``image`` as PNG and publish it atomically in or at ``dest``.
 
-    ``image`` is a PIL image, a numpy array (HW or HWC with 1 to 4 channels; uint8,
-    uint16, or float in [0, 1]) or a torch tensor (CHW or HWC, on any device). Decoding
-    the file gives back the pixels exactly; floats are first quantised to 8 bits.
+    ``image`` is a PIL image, a numpy array or a torch tensor. Arrays are HW or HWC with
+    1 to 4 channels, as uint8, uint16, or float in [0, 1]. Tensors are CHW or HWC, on any
+    device. Decoding the file gives back the pixels exactly, after floats are quantised
+    to 8 bits.
 
     ``dest`` is a directory when it exists as one, ends with a path separator, or has no
     suffix: the file then gets a unique, time-sortable name with ``name`` (sanitised) as

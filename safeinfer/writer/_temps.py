@@ -38,8 +38,8 @@ _MAX_NAME_BYTES: Final = 255
 #: Tokens to try when a temp name is taken. Each has 32 random bits, so even one retry is rare.
 _CREATE_ATTEMPTS: Final = 16
 
-#: Permission bits requested for a new file; the kernel applies the umask, so the final
-#: mode follows the umask as for any file that ``open()`` creates (mkstemp uses 0o600).
+#: Permission bits requested for a new file. The kernel subtracts the umask, as for any
+#: file that ``open()`` creates, where mkstemp would use 0o600.
 NEW_FILE_MODE: Final = 0o666
 
 _TEMP_NAME: Final = re.compile(
