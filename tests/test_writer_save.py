@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +275,27 @@ def test_pil_image_round_trip(tmp_path: Path) -> None:
     result = save_png(image, tmp_path, durability="none")
     buffer = io.BytesIO(result.path.read_bytes())
     assert np.array_equal(np.asarray(Image.open(buffer)), np.asarray(image))
+
+
+def test_numpy_save_imports_no_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys, numpy, safeinfer\n"
+        f"safeinfer.save_png(numpy.zeros((4, 4, 3), numpy.uint8), {str(tmp_path)!r})\n"
+        "print('torch' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert completed.stdout.strip() == "False"
+    assert len(os.listdir(tmp_path)) == 1
+
+
+def test_threads_save_unique_names(tmp_path: Path) -> None:
+    def save_many(worker: int) -> list[Path]:
+        image = np.full((4, 4), worker, np.uint8)
+        return [save_png(image, tmp_path, durability="none").path for _ in range(50)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        paths = [path for batch in pool.map(save_many, range(8)) for path in batch]
+    assert len(set(paths)) == 400
+    assert sorted(os.listdir(tmp_path)) == sorted(path.name for path in paths)
