@@ -327,3 +327,27 @@ def test_palette_image_becomes_rgb_or_rgba() -> None:
 def test_invalid_compression_rejected() -> None:
     with pytest.raises(ValueError, match="invalid compression 'fastest'"):
         encode_png(np.zeros((2, 2), np.uint8), compression="fastest")  # type: ignore[arg-type]
+
+
+def _encode_in_child(pixels: Array, results: Any) -> None:
+    results.put(encode_png(pixels))
+
+
+def test_forked_child_encodes_large_image() -> None:
+    # The parent's thread pool exists before the fork, and the child must not reuse it.
+    import multiprocessing
+
+    pixels = smooth_image(700, 700, 3)
+    expected = encode_png(pixels)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_encode_in_child, args=(pixels, results))
+    child.start()
+    try:
+        assert results.get(timeout=60) == expected
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert child.exitcode == 0

@@ -41,6 +41,19 @@ def map_in_threads(
     return list(_executor(threads).map(function, items))
 
 
+def _forget_pools_in_child() -> None:
+    # A forked child inherits the pools but not their threads, and ThreadPoolExecutor
+    # does not notice: work submitted to an inherited pool would wait forever. The child
+    # starts new pools instead, and a new lock in case the fork happened while it was held.
+    global _lock
+    _lock = threading.Lock()
+    _executors.clear()
+
+
+if hasattr(os, "register_at_fork"):  # Windows has no fork.
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
+
+
 def _executor(threads: int) -> ThreadPoolExecutor:
     # Long-lived pools: starting threads for every image would cost more than the
     # parallelism saves on mid-sized images.
