@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from typing import Any
 
@@ -27,6 +28,7 @@ from safeinfer.encode._fast import (
 )
 from safeinfer.encode._filters import FILTER_PAETH, FILTER_UP, filter_rows
 from safeinfer.encode._pillow import pillow_optimized_stream
+from safeinfer.encode._pool import thread_count
 from safeinfer.png import Ihdr, iter_chunks
 
 Array = np.ndarray[Any, Any]
@@ -351,3 +353,17 @@ def test_forked_child_encodes_large_image() -> None:
             child.kill()
             child.join()
     assert child.exitcode == 0
+
+
+@pytest.mark.parametrize(("budget", "expected"), [("1", 1), ("3", 3), ("64", 8)])
+def test_thread_budget_from_environment(
+    monkeypatch: pytest.MonkeyPatch, budget: str, expected: int
+) -> None:
+    monkeypatch.setenv("SAFEINFER_THREADS", budget)
+    assert thread_count() == expected
+
+
+@pytest.mark.parametrize("budget", ["", "0", "-2", "many"])
+def test_invalid_thread_budget_ignored(monkeypatch: pytest.MonkeyPatch, budget: str) -> None:
+    monkeypatch.setenv("SAFEINFER_THREADS", budget)
+    assert 1 <= thread_count() <= min(8, len(os.sched_getaffinity(0)))

@@ -15,6 +15,9 @@ from typing import Final, TypeVar
 #: Upper bound on threads per image: beyond this, blocks get too few per thread to gain.
 MAX_THREADS: Final = 8
 
+#: The per-process CPU thread budget that safeinfer's launcher and job workers set.
+THREADS_ENV: Final = "SAFEINFER_THREADS"
+
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 
@@ -23,8 +26,15 @@ _executors: dict[int, ThreadPoolExecutor] = {}
 
 
 def thread_count() -> int:
-    """Return the threads to use per image: the CPUs this process may run on, at most
-    :data:`MAX_THREADS`."""
+    """Return the threads to use per image, at most :data:`MAX_THREADS`.
+
+    The budget in ``SAFEINFER_THREADS`` wins when it is a positive integer, because the
+    launcher sets it so that several workers on one machine do not oversubscribe the
+    cores. Otherwise the count is the CPUs this process may run on.
+    """
+    budget = os.environ.get(THREADS_ENV, "")
+    if budget.isdigit() and int(budget) > 0:
+        return min(int(budget), MAX_THREADS)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS and Windows have no sched_getaffinity.
