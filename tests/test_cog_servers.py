@@ -1,7 +1,7 @@
 """Real Cog servers (``python -m cog.server.http``) on 127.0.0.1, started by the launcher.
 
 Every returned image is decoded and compared pixel by pixel with the image of its own
-request, so a valid PNG that holds another request's image counts as a failure too.
+request, so a valid PNG that contains another request's image counts as a failure too.
 """
 
 from __future__ import annotations
@@ -55,7 +55,12 @@ INTROSPECTION_CLASSES = (
 
 @contextlib.contextmanager
 def cog_servers(
-    tmp_path: Path, command: list[str], *, count: int, env: Mapping[str, str]
+    tmp_path: Path,
+    command: list[str],
+    *,
+    count: int,
+    env: Mapping[str, str],
+    max_restarts: int = 0,
 ) -> Iterator[tuple[Launcher, Path]]:
     """Start ``count`` Cog servers through the launcher; yield it and the log path."""
     log_path = tmp_path / "servers.log"
@@ -67,7 +72,8 @@ def cog_servers(
             run_dir=tmp_path / "run",
             health=HEALTH_URL,
             health_timeout=READY_TIMEOUT,
-            max_restarts=0,
+            max_restarts=max_restarts,
+            backoff=(0.1, 0.5),
             env={**os.environ, **env},
             cwd=PREDICTORS,
             log_stream=log,
@@ -144,6 +150,19 @@ def wait_ready(process: subprocess.Popen[bytes], ports: list[int], log_path: Pat
         time.sleep(0.2)
 
 
+def max_overlap(log_path: Path) -> int:
+    """Return the most predictions that Cog's log shows running at the same time."""
+    running = 0
+    most = 0
+    for line in log_path.read_text().splitlines():
+        if '"message":"Starting prediction"' in line:
+            running += 1
+            most = max(most, running)
+        elif '"message":"Prediction worker completed"' in line:
+            running -= 1
+    return most
+
+
 def test_two_servers_mixin_zero_failures(tmp_path: Path) -> None:
     log_path = tmp_path / "launch.log"
     process, ports = start_cli_launcher(
@@ -190,8 +209,8 @@ def test_fixed_path_control_shows_corruption(tmp_path: Path) -> None:
         tally = run_load(launcher.urls(), requests=CONTROL_REQUESTS)
     context = f"{tally.summary()}\nserver log:\n{log_tail(log_path)}"
 
-    # The same predictor shape with the mixin returns only correct images; this one must
-    # not, or the zero-failure tests could not see the bug they guard against.
+    # Without at least one bad response here, the zero-failure tests could not tell the
+    # mixin's fix from a load that never triggers the bug.
     assert tally.bad >= 1, context
     assert tally.counts["corrupt"] + tally.counts["wrong"] + tally.counts["null"] >= 1, context
 
@@ -214,6 +233,9 @@ def test_async_predictor_slots_zero_failures(tmp_path: Path) -> None:
         left = output_files(output_dir)
     context = f"{tally.summary()}\nserver log:\n{log_tail(log_path)}"
 
+    # The server really ran several predictions at once.
+    assert f'"num_slots":{ASYNC_SLOTS}' in log_path.read_text(), context
+    assert max_overlap(log_path) >= 2, context
     assert tally.counts["ok"] == ASYNC_REQUESTS, context
     assert tally.bad == 0, context
     assert 0 < len(left) <= DEFAULT_KEEP_OUTPUTS, left
@@ -290,3 +312,46 @@ def test_server_stop_removes_private_dir(tmp_path: Path, signum: int) -> None:
     assert document["status"] == "succeeded", log_tail(log_path)
     assert len(directories) == 1, directories
     assert not directories[0].exists(), log_tail(log_path)
+
+
+def test_sigkill_restart_sweeps_old_outputs(tmp_path: Path) -> None:
+    env = {"COG_PREDICT_TYPE_STUB": "mixin_sync.py:Predictor"}
+    with cog_servers(tmp_path, COG_SERVER, count=1, env=env, max_restarts=2) as (
+        launcher,
+        log_path,
+    ):
+        output_dir = launcher.workers[0].output_dir
+        first = run_load(launcher.urls(), requests=5)
+        [old_dir] = private_dirs(output_dir)
+        # The directory name records the pid of Cog's model process.
+        model_pid = int(old_dir.name.split(".")[4])
+        server_pid = launcher.pids()["worker-0"]
+        assert server_pid is not None
+
+        os.kill(server_pid, signal.SIGKILL)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while launcher.pids()["worker-0"] in (None, server_pid):
+            assert time.monotonic() < deadline, log_tail(log_path)
+            time.sleep(0.1)
+        launcher.wait_ready(timeout=READY_TIMEOUT)
+        second = run_load(launcher.urls(), requests=5, first_id=100)
+        new_dirs = private_dirs(output_dir)
+        restarts = launcher.restart_counts
+    context = f"{first.summary()}\n{second.summary()}\nserver log:\n{log_tail(log_path)}"
+
+    assert first.counts["ok"] == 5, context
+    assert second.counts["ok"] == 5, context
+    assert restarts == {"worker-0": 1}, context
+    # The killed server's model process went with its process group, and the new model
+    # process swept the directory it left behind.
+    assert not Path(f"/proc/{model_pid}").exists() or is_zombie(model_pid), context
+    assert not old_dir.exists(), context
+    assert len(new_dirs) == 1, new_dirs
+
+
+def is_zombie(pid: int) -> bool:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat_line.rsplit(")", 1)[1].split()[0] == "Z"

@@ -158,11 +158,14 @@ def run_load(
     urls: Sequence[str],
     *,
     requests: int,
+    first_id: int = 1,
     clients_per_server: int = 1,
     inputs: Callable[[int], dict[str, Any]] = lambda request_id: {"request_id": request_id},
     on_response: Callable[[], None] | None = None,
 ) -> Tally:
     """Send ``requests`` predictions spread over ``urls``, checking every returned image.
+
+    Request ids run from ``first_id``; ``inputs`` turns an id into the prediction input.
 
     Each server gets ``clients_per_server`` threads, each with one request in flight.
     """
@@ -171,7 +174,7 @@ def run_load(
     client_count = len(urls) * clients_per_server
     for client in range(client_count):
         url = urls[client % len(urls)]
-        ids = range(client + 1, requests + 1, client_count)
+        ids = range(first_id + client, first_id + requests, client_count)
 
         def send(url: str = url, ids: range = ids) -> None:
             for request_id in ids:
