@@ -7,6 +7,7 @@ import io
 import json
 import zlib
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,12 @@ def test_json_is_sorted_and_compact() -> None:
     assert metadata_json({"b": 1, "a": [1, 2], "c": {"z": None, "y": "猫"}}) == (
         '{"a":[1,2],"b":1,"c":{"y":"猫","z":null}}'
     )
+
+
+def test_read_only_mappings_accepted() -> None:
+    metadata = MappingProxyType({"seed": 2, "extra": MappingProxyType({"lora": "x"})})
+    parsed = read_metadata(encode_png(PIXELS, metadata=metadata))["safeinfer"]
+    assert parsed == {"seed": 2, "extra": {"lora": "x"}}
 
 
 def test_numpy_scalars_stored_as_numbers() -> None:

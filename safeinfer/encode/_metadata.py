@@ -50,7 +50,7 @@ def metadata_json(metadata: Mapping[str, Any]) -> str:
     """Serialise metadata as compact JSON with sorted keys, so equal dicts give equal text."""
     try:
         return json.dumps(
-            metadata,
+            dict(metadata),
             sort_keys=True,
             ensure_ascii=False,
             separators=(",", ":"),
@@ -69,6 +69,8 @@ def _to_json_value(value: Any) -> Any:
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", 0) == 0:
         return item()
+    if isinstance(value, Mapping):
+        return dict(value)
     if isinstance(value, tuple | set | frozenset):
         return sorted(value) if isinstance(value, set | frozenset) else list(value)
     raise TypeError(f"value {value!r} of type {type(value).__name__} is not JSON-serialisable")
