@@ -21,10 +21,12 @@ logger = logging.getLogger(__name__)
 
 #: Input of at least :data:`PARALLEL_MIN_SIZE` bytes is deflated in independent blocks of
 #: this size, which threads can compress at once. Block layout depends on the input size
-#: only, never on the thread count, so every machine writes the same bytes.
+#: only, never on the thread count, so machines with the same deflate library and version
+#: write the same bytes.
 PARALLEL_BLOCK_SIZE: Final = 512 * 1024
 
-#: Below this input size one stream on one thread is faster than a pool of blocks.
+#: Smaller inputs are deflated as one stream on the calling thread. The threshold is an
+#: estimate of where a pool starts to pay, not a measured optimum.
 PARALLEL_MIN_SIZE: Final = 2 * PARALLEL_BLOCK_SIZE
 
 #: The deflate window (RFC 1951, section 2): each block is primed with this many bytes of
@@ -32,6 +34,10 @@ PARALLEL_MIN_SIZE: Final = 2 * PARALLEL_BLOCK_SIZE
 _WINDOW_SIZE: Final = 32 * 1024
 
 _RAW_DEFLATE_WBITS: Final = -15
+
+#: zlib's largest internal state (its default is 8): zlib documents 9 as the setting for
+#: best speed, and the extra memory is a few hundred KiB per compressor.
+_MEM_LEVEL: Final = 9
 
 #: The zlib header's FLEVEL field (RFC 1950, section 2.2) for levels 1, 2-5, 6 and 7-9.
 _ZLIB_HEADERS: Final = {1: b"\x78\x01", 5: b"\x78\x5e", 6: b"\x78\x9c", 9: b"\x78\xda"}
@@ -44,8 +50,9 @@ class DeflateBackend:
     name: str
     version: str
     compressobj: Callable[..., Any]
-    #: isal ignores the strategy and accepts levels 0 to 3 only.
+    #: Whether ``strategy`` (Z_RLE, Z_FILTERED) is honoured. isal ignores it.
     supports_strategy: bool = True
+    #: Highest compression level. isal accepts 0 to 3, so higher levels are capped.
     max_level: int = 9
 
 
@@ -110,7 +117,7 @@ def deflate(
     view = memoryview(data).cast("B")
     threads = thread_count() if threads is None else max(1, threads)
     if len(view) < PARALLEL_MIN_SIZE:
-        compressor = backend.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, 9, strategy)
+        compressor = backend.compressobj(level, zlib.DEFLATED, zlib.MAX_WBITS, _MEM_LEVEL, strategy)
         return bytes(compressor.compress(view) + compressor.flush())
     return _deflate_parallel(view, level, strategy, backend, threads)
 
@@ -121,7 +128,7 @@ def _deflate_parallel(
     # Each block is an independent raw deflate stream ended by a sync flush (an empty
     # stored block that byte-aligns the output), and only the last one sets the final-block
     # bit, so the concatenation is one valid deflate stream. The zlib header and the
-    # Adler-32 of the whole input wrap it into a zlib stream, as pigz does.
+    # Adler-32 of the whole input wrap it into a zlib stream.
     starts = range(0, len(view), PARALLEL_BLOCK_SIZE)
     last = starts[-1]
 
@@ -129,7 +136,7 @@ def _deflate_parallel(
         window = bytes(view[max(0, start - _WINDOW_SIZE) : start])
         options: dict[str, Any] = {"zdict": window} if window else {}
         compressor = backend.compressobj(
-            level, zlib.DEFLATED, _RAW_DEFLATE_WBITS, 9, strategy, **options
+            level, zlib.DEFLATED, _RAW_DEFLATE_WBITS, _MEM_LEVEL, strategy, **options
         )
         body = compressor.compress(view[start : start + PARALLEL_BLOCK_SIZE])
         mode = zlib.Z_FINISH if start == last else zlib.Z_SYNC_FLUSH
