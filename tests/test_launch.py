@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -356,9 +358,9 @@ def test_signal_stops_every_process(server: Path, tmp_path: Path, signum: int) -
         launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: len(records(dumps)) == 2, "both workers to start")
-        for port in (base, base + 1):
-            url = HEALTH_URL.format(port=port)
-            wait_for(lambda url=url: probe(url)[0] is Health.READY, f"{url} to be ready")
+        wait_for(
+            lambda: log_path.read_text().count("is ready at") == 2, "the launcher's health checks"
+        )
         found = records(dumps)
         launcher.send_signal(signum)
         code = launcher.wait(timeout=WAIT_TIMEOUT)
@@ -369,6 +371,8 @@ def test_signal_stops_every_process(server: Path, tmp_path: Path, signum: int) -
     log_text = log_path.read_text()
 
     assert code == 128 + signum, log_text
+    # The command logs the stop without -v too.
+    assert "sending SIGTERM" in log_text, log_text
     for record in found:
         for key in ("pid", "child_pid"):
             pid = record[key]
@@ -459,3 +463,77 @@ def test_launcher_rejects_options(options: dict[str, object], tmp_path: Path) ->
 def test_launcher_rejects_empty_command() -> None:
     with pytest.raises(ConfigError, match="no command"):
         Launcher([], workers=1)
+
+
+# -- health probe -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def health_server() -> Iterator[Callable[[int, bytes], str]]:
+    """Serve a fixed status and body on 127.0.0.1; the fixture returns a setter."""
+    response: dict[str, object] = {"code": 200, "body": b""}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = response["body"]
+            assert isinstance(body, bytes)
+            self.send_response(response["code"])  # type: ignore[arg-type]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/health-check"
+
+    def serve(code: int, body: bytes) -> str:
+        response["code"] = code
+        response["body"] = body
+        return url
+
+    yield serve
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "expected"),
+    [
+        (200, b"ok", Health.READY),
+        (200, b"", Health.READY),
+        (200, b'{"status": "READY", "setup": {"logs": "..."}}', Health.READY),
+        (200, b'{"status": "BUSY"}', Health.READY),
+        (200, b'{"status": "STARTING"}', Health.STARTING),
+        (200, b'{"status": "SETUP_FAILED"}', Health.FAILED),
+        (200, b'{"status": "DEFUNCT"}', Health.FAILED),
+        (200, b'{"status": "READ', Health.STARTING),
+        (200, b'{"healthy": true}', Health.READY),
+        (503, b"starting", Health.STARTING),
+    ],
+)
+def test_probe_reads_status(
+    health_server: Callable[[int, bytes], str], code: int, body: bytes, expected: Health
+) -> None:
+    assert probe(health_server(code, body))[0] is expected
+
+
+def test_probe_refused_connection() -> None:
+    port = free_ports(1)[0]
+    health, detail = probe(f"http://127.0.0.1:{port}/health-check")
+    assert health is Health.STARTING
+    assert "refused" in detail.lower()
+
+
+def test_probe_ignores_proxy_settings(
+    health_server: Callable[[int, bytes], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead_proxy = f"http://127.0.0.1:{free_ports(1)[0]}"
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, dead_proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert probe(health_server(200, b'{"status": "READY"}'))[0] is Health.READY

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from safeinfer._supervisor import DEFAULT_MAX_RESTARTS, DEFAULT_STOP_TIMEOUT
@@ -107,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the launcher until the copies end or a signal arrives; return its exit code."""
     from safeinfer.launch import run_launch
 
+    if args.verbose == 0:
+        # A long-running service should show its starts, readiness and restarts.
+        for name in ("safeinfer.launch", "safeinfer._supervisor"):
+            logging.getLogger(name).setLevel(logging.INFO)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]

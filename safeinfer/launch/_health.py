@@ -10,10 +10,15 @@ from typing import Final
 
 #: Seconds one probe waits. Probes run in the supervising loop, so they must be short.
 PROBE_TIMEOUT: Final = 1.0
+#: Largest health response read. Cog's includes the setup logs, which can be long.
+MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 #: Cog's health-check statuses that mean the server takes predictions.
 _SERVING_STATUSES: Final = frozenset({"READY", "BUSY"})
 #: Cog's statuses after which the server will never become ready without a restart.
 _FAILED_STATUSES: Final = frozenset({"SETUP_FAILED", "DEFUNCT"})
+
+
+_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class Health(enum.Enum):
@@ -29,11 +34,12 @@ def probe(url: str, *, timeout: float = PROBE_TIMEOUT) -> tuple[Health, str]:
 
     HTTP 200 means ready, unless the body is JSON with a ``status`` field: then Cog's
     ``READY`` and ``BUSY`` mean ready, ``SETUP_FAILED`` and ``DEFUNCT`` mean failed, and
-    anything else (``STARTING``) means not yet.
+    anything else (``STARTING``) means not yet. A body that starts like JSON but does not
+    parse means not yet too. Proxy settings are ignored, because the servers are local.
     """
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            body = response.read(64 * 1024)
+        with _OPENER.open(url, timeout=timeout) as response:
+            body = response.read(MAX_BODY_BYTES + 1)
             code = response.status
     except urllib.error.HTTPError as error:
         return Health.STARTING, f"HTTP {error.code}"
@@ -42,10 +48,14 @@ def probe(url: str, *, timeout: float = PROBE_TIMEOUT) -> tuple[Health, str]:
         return Health.STARTING, str(getattr(error, "reason", error))
     if code != 200:
         return Health.STARTING, f"HTTP {code}"
+    if not body.lstrip().startswith(b"{"):
+        return Health.READY, "HTTP 200"
+    if len(body) > MAX_BODY_BYTES:
+        return Health.STARTING, f"health response over {MAX_BODY_BYTES} bytes"
     try:
         document = json.loads(body)
     except ValueError:
-        return Health.READY, "HTTP 200"
+        return Health.STARTING, "invalid JSON in the health response"
     status = document.get("status") if isinstance(document, dict) else None
     if not isinstance(status, str):
         return Health.READY, "HTTP 200"
