@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -453,11 +454,19 @@ def test_gpus_auto_without_gpu_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         {"workers": 2, "ports": [5000]},
         {"workers": 1, "ports": [70000]},
         {"workers": 1, "threads": 0},
+        {"workers": 1, "max_restarts": -1},
+        {"workers": 1, "backoff": (2.0, 1.0)},
+        {"workers": 1, "health_timeout": 0},
     ],
 )
-def test_launcher_rejects_options(options: dict[str, object], tmp_path: Path) -> None:
+def test_launcher_rejects_options(
+    options: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(ConfigError):
-        Launcher([PYTHON, "-c", "pass"], run_dir=tmp_path, **options)  # type: ignore[arg-type]
+        Launcher([PYTHON, "-c", "pass"], **options)  # type: ignore[arg-type]
+    # The run dir made for the launcher is removed again.
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_launcher_rejects_empty_command() -> None:

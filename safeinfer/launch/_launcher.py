@@ -21,7 +21,7 @@ from safeinfer._supervisor import (
     Supervisor,
     popen_child,
 )
-from safeinfer.errors import LaunchError
+from safeinfer.errors import ConfigError, LaunchError
 from safeinfer.launch._health import Health, probe
 from safeinfer.launch._plan import (
     DEFAULT_BASE_PORT,
@@ -117,6 +117,10 @@ class Launcher:
         self.run_dir = Path(
             tempfile.mkdtemp(prefix="safeinfer-launch-") if run_dir is None else run_dir
         )
+        self.health = health
+        self.health_timeout = health_timeout
+        self._cwd = cwd
+        self._log_stream = log_stream
         try:
             self.workers: list[WorkerInfo] = plan_workers(
                 command,
@@ -128,20 +132,22 @@ class Launcher:
                 env=env,
                 threads=threads,
             )
+            if health_timeout <= 0:
+                raise ConfigError(f"invalid health_timeout={health_timeout}: must be above 0")
+            try:
+                self._supervisor = Supervisor(
+                    [ChildSpec(worker.name, self._starter(worker)) for worker in self.workers],
+                    max_restarts=max_restarts,
+                    backoff=backoff,
+                    stop_timeout=stop_timeout,
+                )
+            except ValueError as error:
+                raise ConfigError(f"invalid launcher option: {error}") from None
         except BaseException:
             self._remove_run_dir()
             raise
+
         self._by_name = {worker.name: worker for worker in self.workers}
-        self.health = health
-        self.health_timeout = health_timeout
-        self._cwd = cwd
-        self._log_stream = log_stream
-        self._supervisor = Supervisor(
-            [ChildSpec(worker.name, self._starter(worker)) for worker in self.workers],
-            max_restarts=max_restarts,
-            backoff=backoff,
-            stop_timeout=stop_timeout,
-        )
         self._health = {worker.name: _WorkerHealth() for worker in self.workers}
         self._condition = threading.Condition()
         self._stop_requested = threading.Event()
