@@ -117,12 +117,22 @@ def test_save_output_writes_metadata(output_root: Path) -> None:
     assert metadata["prompt"] == "ein Bär"
 
 
-@pytest.mark.parametrize(("image_format", "suffix"), [("jpeg", ".jpg"), ("webp", ".webp")])
-def test_save_output_lossy_formats(output_root: Path, image_format: str, suffix: str) -> None:
+@pytest.mark.parametrize(
+    ("image_format", "suffix", "pillow_format"),
+    [
+        ("jpeg", ".jpg", "JPEG"),
+        ("jpg", ".jpg", "JPEG"),
+        ("webp", ".webp", "WEBP"),
+        ("PNG", ".png", "PNG"),
+    ],
+)
+def test_save_output_formats(
+    output_root: Path, image_format: str, suffix: str, pillow_format: str
+) -> None:
     path = Runner().save_output(request_image(9), format=image_format)
     assert path.suffix == suffix
     with Image.open(path) as image:
-        assert image.format == {"jpeg": "JPEG", "webp": "WEBP"}[image_format]
+        assert image.format == pillow_format
 
 
 def test_save_output_rejects_unknown_format(output_root: Path) -> None:

@@ -100,30 +100,20 @@ class SafeOutputMixin:
 
         >>> return self.save_output(image, name="portrait", metadata={"seed": 7})  # doctest: +SKIP
         """
-        suffix = _suffix_for(format)
+        image_format = format.lower()
+        suffix = _suffix_for(image_format)
         directory = self._safeinfer_directory()
         path = directory.new_path(name, suffix)
-        if suffix == ".png":
-            from safeinfer.writer import save_png
+        from safeinfer.writer import save_image
 
-            result = save_png(
-                image,
-                path,
-                metadata=metadata,
-                durability=OUTPUT_DURABILITY,
-                if_exists="error",
-            )
-        else:
-            from safeinfer.writer import save_image
-
-            result = save_image(
-                image,
-                path,
-                format=format,
-                metadata=metadata,
-                durability=OUTPUT_DURABILITY,
-                if_exists="error",
-            )
+        result = save_image(
+            image,
+            path,
+            format=image_format,
+            metadata=metadata,
+            durability=OUTPUT_DURABILITY,
+            if_exists="error",
+        )
         directory.publish(Path(result.path))
         return cog.Path(result.path)
 
@@ -202,7 +192,7 @@ class OutputFile:
 
 
 def _suffix_for(format: str) -> str:
-    suffix = SUFFIXES.get(format.lower())
+    suffix = SUFFIXES.get(format)
     if suffix is None:
         raise ConfigError(
             f"unsupported output format {format!r}; use one of {', '.join(sorted(SUFFIXES))}"
