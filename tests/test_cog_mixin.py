@@ -22,7 +22,7 @@ from cog_predictors.pattern import request_image
 from PIL import Image
 
 from safeinfer.cog import DEFAULT_KEEP_OUTPUTS, SafeOutputMixin, _mixin, sweep_dead_owners
-from safeinfer.errors import ConfigError, InvalidNameError
+from safeinfer.errors import ConfigError, InvalidNameError, WriteError
 from safeinfer.png import read_metadata, verify_png
 
 PYTHON = sys.executable
@@ -226,6 +226,16 @@ def test_vanished_directory_is_recreated(output_root: Path) -> None:
     path = runner.run(request_id=2)
     assert np.array_equal(pixels(path), request_image(2))
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_unwritable_root_raises_write_error(
+    output_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_bytes(b"")
+    monkeypatch.setenv("SAFEINFER_OUTPUT_DIR", str(blocker / "outputs"))
+    with pytest.raises(WriteError, match="SAFEINFER_OUTPUT_DIR"):
+        Runner().run(request_id=1)
 
 
 def test_configure_after_first_save_rejects_new_root(output_root: Path, tmp_path: Path) -> None:

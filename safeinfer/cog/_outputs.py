@@ -105,7 +105,15 @@ class OutputDirectory:
         self._lock = threading.Lock()
         self._published: collections.deque[Path] = collections.deque()
         self._closed = False
-        self.root.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_MODE)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=_PRIVATE_MODE)
+        except OSError as error:
+            raise WriteError(
+                f"cannot create the output root {self.root}: {error}; "
+                f"set {OUTPUT_DIR_ENV} to a writable directory",
+                path=str(self.root),
+                errno=error.errno,
+            ) from error
         sweep_dead_owners(self.root)
         self.path = self._create()
         atexit.register(self.close)
