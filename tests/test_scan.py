@@ -6,6 +6,9 @@ import hashlib
 import os
 import random
 import struct
+import subprocess
+import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from corruption import build, sample_png
 from safeinfer.png import _report as codes
 from safeinfer.png import scan
 from safeinfer.png._limits import DEFAULT_LIMITS
-from safeinfer.png._scan import VerifyTask, iter_files, run_tasks, verify_task
+from safeinfer.png._scan import VerifyTask, iter_files, run_tasks, start_method, verify_task
 
 PNGSUITE = Path(__file__).parent / "data" / "pngsuite"
 
@@ -70,6 +73,32 @@ def test_scan_pool_matches_single_process_on_pngsuite() -> None:
     assert pooled == single
     assert len(single) == 175
     assert sum(not ok for _, ok, _ in single) == 14
+
+
+def test_scan_with_thread_running_uses_forkserver(tree: Path) -> None:
+    stop = threading.Event()
+    waiter = threading.Thread(target=stop.wait)
+    waiter.start()
+    try:
+        assert start_method() == "forkserver"
+        reports = list(scan([tree], jobs=2))
+    finally:
+        stop.set()
+        waiter.join()
+    assert [r.ok for r in reports] == [True, True, False, False]
+    assert start_method() == "fork"
+
+
+def test_scan_from_script_without_main_guard(tree: Path) -> None:
+    # The script runs from standard input, which a spawned worker could not import.
+    script = (
+        f"from safeinfer.png import scan; print(sum(r.ok for r in scan([{str(tree)!r}], jobs=2)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
 
 
 def test_scan_stops_early_without_error(tree: Path) -> None:

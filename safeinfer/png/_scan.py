@@ -18,6 +18,7 @@ import itertools
 import multiprocessing
 import os
 import stat
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -157,14 +158,23 @@ def run_tasks(
     return _run_in_pool(tasks, level, workers, limits)
 
 
+def start_method() -> str:
+    """Return the multiprocessing start method for the worker pool."""
+    methods = multiprocessing.get_all_start_methods()
+    # fork starts workers fastest and never re-runs the caller's main script (which spawn
+    # and forkserver do for a script without an ``if __name__ == "__main__"`` guard). But a
+    # fork while other threads run (a progress bar's monitor, a notebook kernel's threads)
+    # can copy a lock that one of them holds, so then forkserver forks from a clean process.
+    if "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 def _run_in_pool(
     tasks: Iterable[VerifyTask], level: Level, workers: int, limits: Limits
 ) -> Iterator[PngReport]:
-    # forkserver starts workers from a clean single-threaded process, so a caller's threads
-    # (a progress bar's monitor, a notebook's kernel threads) cannot leave a lock held in a
-    # forked child.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    context = multiprocessing.get_context(start_method())
+    pool = ProcessPoolExecutor(workers, mp_context=context)
     pending: deque[Future[list[PngReport]]] = deque()
     try:
         iterator = iter(tasks)
