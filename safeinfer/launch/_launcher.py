@@ -75,14 +75,14 @@ class Launcher:
     Each copy gets its own ``CUDA_VISIBLE_DEVICES``, ``PORT`` (``base_port + index``),
     private ``TMPDIR`` and ``SAFEINFER_OUTPUT_DIR`` under ``run_dir``, ``SAFEINFER_GPU``
     and ``SAFEINFER_WORKER``. It also gets a CPU thread budget in ``OMP_NUM_THREADS`` and
-    related variables: ``threads``, or by default the cores split evenly. ``{port}``, ``{gpu}``
-    and ``{worker}`` in the command's arguments are replaced per copy. The directory of
+    related variables: ``threads``, or by default the cores split evenly. ``{port}``,
+    ``{gpu}`` and ``{worker}`` in the command's arguments are replaced per copy. The directory of
     the current Python comes first on ``PATH``, because Cog starts its model worker as a
     bare ``python``. Output lines are prefixed with ``[worker-N]``. A worker that exits
     with an error, or fails its health check, is restarted with exponential backoff, at
-    most ``max_restarts`` times; after that every worker is stopped.
+    most ``max_restarts`` times. After that, every worker is stopped.
 
-    ``run_dir`` defaults to a new temp dir that is removed when supervision ends; of a
+    ``run_dir`` defaults to a new temp dir that is removed when supervision ends. Of a
     given ``run_dir``, only each worker's ``tmp`` and ``outputs`` are removed.
 
     Use :meth:`start` (returns once every worker is ready) and :meth:`stop`, or the
