@@ -115,14 +115,18 @@ class LocalEngine:
                 return
 
     def _finish(self, supervisor: Supervisor) -> None:
-        for connection in self._connections.values():
+        # Ready workers get None and exit once their last files are recorded. Workers
+        # still loading the model hold no work; supervisor.stop() ends them at once.
+        finishing = []
+        for name in sorted(self._ready):
             try:
-                connection.send(None)
+                self._connections[name].send(None)
             except OSError:
                 continue  # the worker is already gone; the supervisor reaps it
+            finishing.append(name)
         deadline = time.monotonic() + EXIT_TIMEOUT
-        while not supervisor.is_done() and time.monotonic() < deadline:
-            if supervisor.stop_requested is not None:
+        while any(supervisor.children.get(name) is not None for name in finishing):
+            if supervisor.stop_requested is not None or time.monotonic() > deadline:
                 return
             self._receive()
             supervisor.poll()
@@ -151,8 +155,9 @@ class LocalEngine:
         try:
             while connection.poll():
                 self._handle(name, connection.recv())
-        except (EOFError, OSError):
-            # The worker exited; stop waiting on its pipe. Its exit event re-queues work.
+        except Exception:  # EOFError, OSError, or any unpickling error of a torn message
+            # The worker exited, maybe in the middle of a message; stop waiting on its
+            # pipe. Its exit event puts the work it held back in the queue.
             self._connections.pop(name, None)
             self._ready.discard(name)
             connection.close()

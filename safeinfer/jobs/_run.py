@@ -1,21 +1,22 @@
 """Run items in this process: call the pipeline, write the images, record the manifest.
 
-This is the unit that every engine shares. The local engine calls it inside each worker
-process; a torchrun rank or a Ray actor calls it on its own share of the items.
+This is the unit that every engine shares. The local engine feeds an :class:`ItemRunner`
+inside each worker process; a torchrun rank or a Ray actor calls :func:`run_items` on its
+own share of the items.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from safeinfer.jobs._items import Item
 from safeinfer.manifest import Manifest
 
-__all__ = ["DEFAULT_RETRIES", "ItemOutcome", "run_items"]
+__all__ = ["DEFAULT_RETRIES", "ItemOutcome", "ItemRunner", "run_items", "take_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,140 @@ class ItemOutcome:
         return self.entry is not None
 
 
+class ItemRunner:
+    """Run batches of items with one pipeline, writing one batch while the next one runs.
+
+    ``pipeline`` is a :class:`~safeinfer.pipeline.SafePipeline` built with
+    ``if_exists="replace"``, so a file left by an attempt that died before its manifest
+    line is replaced. Each image goes below the pipeline's output directory under the
+    item's name and is then recorded in ``manifest`` with the item id, parameters,
+    ``worker``, ``device``, ``model`` (by default the pipeline's own) and timings. A
+    failed call or write is retried one item at a time, up to ``retries`` more attempts
+    per item. ``on_outcome`` is called once per item, when it is recorded or has failed
+    for good.
+
+    The files of the last call may still be in the writer pool when :meth:`run`
+    returns; call :meth:`flush` before waiting for more work, and before exiting.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        manifest: Manifest,
+        worker: str,
+        device: str | None = None,
+        model: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        pipeline_kwargs: Mapping[str, Any] | None = None,
+        on_outcome: Callable[[ItemOutcome], None] | None = None,
+    ):
+        if retries < 0:
+            raise ValueError(f"invalid retries {retries}: must be 0 or more")
+        self._pipeline = pipeline
+        self._manifest = manifest
+        self._worker = worker
+        self._device = device if device is not None else getattr(pipeline, "device", None)
+        self._model = model if model is not None else getattr(pipeline, "model_name", None)
+        self._retries = retries
+        self._pipeline_kwargs = dict(pipeline_kwargs or {})
+        self._on_outcome = on_outcome
+        self._attempts: dict[str, int] = {}
+        self._writing: tuple[list[Item], Any] | None = None
+
+    def run(self, batch: Sequence[Item]) -> None:
+        """Run one batch of items with equal ``batch_key()`` in one pipeline call."""
+        parts: deque[list[Item]] = deque([list(batch)])
+        while parts:
+            part = parts.popleft()
+            for item in part:
+                self._attempts[item.id] = self._attempts.get(item.id, 0) + 1
+            try:
+                generation = self._submit(part)
+            except Exception as error:
+                # Items of a failed call are retried alone, so one bad item cannot
+                # fail its batch mates again and again.
+                parts.extend([item] for item in self._retryable(part, error))
+                continue
+            self.flush()
+            self._writing = (part, generation)
+
+    def flush(self) -> None:
+        """Wait for the files of the last call and record them in the manifest."""
+        while self._writing is not None:
+            part, generation = self._writing
+            self._writing = None
+            try:
+                results = generation.result()
+            except Exception as error:
+                for item in self._retryable(part, error):
+                    self.run([item])
+                continue
+            for item, result in zip(part, results, strict=True):
+                self._record(item, result)
+
+    def _submit(self, part: Sequence[Item]) -> Any:
+        first = part[0]
+        return self._pipeline.submit(
+            [item.prompt for item in part],
+            negative_prompt=first.negative_prompt,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            width=first.width,
+            height=first.height,
+            seeds=[item.seed for item in part],
+            names=[item.name for item in part],
+            **self._pipeline_kwargs,
+        )
+
+    def _record(self, item: Item, result: Any) -> None:
+        attempts = self._attempts[item.id]
+        entry = self._manifest.record(
+            result,
+            item=item.id,
+            **item.params(),
+            model=self._model,
+            worker=self._worker,
+            device=self._device,
+            seconds_inference=round(result.seconds_inference, 4),
+            seconds_write=round(result.seconds_write, 4),
+            attempt=attempts,
+        )
+        self._finish(ItemOutcome(item.id, attempts, entry=entry))
+
+    def _retryable(self, part: Sequence[Item], error: Exception) -> list[Item]:
+        retry = []
+        for item in part:
+            attempts = self._attempts[item.id]
+            if attempts <= self._retries:
+                logger.warning(
+                    "worker %s: item %s failed (attempt %d of %d): %s",
+                    self._worker,
+                    item.id,
+                    attempts,
+                    self._retries + 1,
+                    error,
+                )
+                retry.append(item)
+            else:
+                logger.error(
+                    "worker %s: item %s failed after %d attempts: %s",
+                    self._worker,
+                    item.id,
+                    attempts,
+                    error,
+                )
+                message = f"{type(error).__name__}: {error}"
+                self._finish(ItemOutcome(item.id, attempts, error=message))
+        return retry
+
+    def _finish(self, outcome: ItemOutcome) -> None:
+        if self._on_outcome is not None:
+            self._on_outcome(outcome)
+
+
 def run_items(
-    items: Sequence[Item],
+    items: Iterable[Item],
     pipeline: Any,
     *,
     manifest: Manifest,
@@ -52,123 +185,54 @@ def run_items(
     on_outcome: Callable[[ItemOutcome], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[ItemOutcome]:
-    """Make ``items`` with ``pipeline`` (a :class:`~safeinfer.pipeline.SafePipeline`).
+    """Make ``items`` with ``pipeline`` in this process and return their outcomes.
 
     Consecutive items whose parameters match share one pipeline call of up to
-    ``batch_size`` prompts, and one batch's files are written while the next batch runs.
-    Each image is written below the pipeline's output directory under the item's name,
-    then recorded in ``manifest`` with the item id, parameters, ``worker``, ``device``,
-    ``model`` (by default the pipeline's own) and timings. Build the pipeline with
-    ``if_exists="replace"``, so a file left by an attempt that died before its manifest
-    line is replaced. A failed call or write is retried one item at a time, up to
-    ``retries`` more attempts per item. ``should_stop`` is checked before every call;
-    items not started when it returns True get no outcome.
+    ``batch_size`` prompts; see :class:`ItemRunner` for writing, recording and retries.
+    ``should_stop`` is checked before every call; items not started when it returns
+    True get no outcome. Every started item is recorded or failed before this returns.
 
-    >>> pipe = SafePipeline.from_pretrained(                                  # doctest: +SKIP
+    >>> pipe = SafePipeline.from_pretrained(                        # doctest: +SKIP
     ...     "tiny-digits", output_dir="out", if_exists="replace")
     >>> items = shard(make_items(read_prompts("prompts.txt")), rank, world_size)  # doctest: +SKIP
-    >>> with Manifest(f"out/manifest-{rank}.jsonl") as manifest:               # doctest: +SKIP
+    >>> with Manifest(f"out/manifest-{rank}.jsonl") as manifest:    # doctest: +SKIP
     ...     outcomes = run_items(items, pipe, manifest=manifest, worker=f"rank{rank}")
     """
     if batch_size < 1:
         raise ValueError(f"invalid batch_size {batch_size}: must be at least 1")
     outcomes: list[ItemOutcome] = []
-    attempts: dict[str, int] = {}
-    pending: deque[Item] = deque(items)
-    # Items of a failed call are retried alone, so one bad item cannot fail its batch
-    # mates again and again.
-    alone: deque[Item] = deque()
-    # The batch whose files are still being written while the next batch runs.
-    writing: tuple[list[Item], Any] | None = None
 
-    def finish(outcome: ItemOutcome) -> None:
+    def collect(outcome: ItemOutcome) -> None:
         outcomes.append(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
 
-    def fail(batch: Sequence[Item], error: Exception) -> None:
-        for item in batch:
-            tries = attempts[item.id]
-            if tries <= retries:
-                logger.warning(
-                    "worker %s: item %s failed (attempt %d of %d): %s",
-                    worker,
-                    item.id,
-                    tries,
-                    retries + 1,
-                    error,
-                )
-                alone.append(item)
-            else:
-                logger.error(
-                    "worker %s: item %s failed after %d attempts: %s", worker, item.id, tries, error
-                )
-                finish(ItemOutcome(item.id, tries, error=f"{type(error).__name__}: {error}"))
-
-    def record(batch: list[Item], generation: Any) -> None:
-        try:
-            results = generation.result()
-        except Exception as error:
-            fail(batch, error)
-            return
-        for item, result in zip(batch, results, strict=True):
-            entry = manifest.record(
-                result,
-                item=item.id,
-                **item.params(),
-                model=model if model is not None else getattr(pipeline, "model_name", None),
-                worker=worker,
-                device=device if device is not None else getattr(pipeline, "device", None),
-                seconds_inference=round(result.seconds_inference, 4),
-                seconds_write=round(result.seconds_write, 4),
-                attempt=attempts[item.id],
-            )
-            finish(ItemOutcome(item.id, attempts[item.id], entry=entry))
-
+    runner = ItemRunner(
+        pipeline,
+        manifest=manifest,
+        worker=worker,
+        device=device,
+        model=model,
+        retries=retries,
+        pipeline_kwargs=pipeline_kwargs,
+        on_outcome=collect,
+    )
+    pending = deque(items)
     try:
-        while pending or alone:
+        while pending:
             if should_stop is not None and should_stop():
-                logger.info(
-                    "worker %s: stop requested; %d items not started",
-                    worker,
-                    len(pending) + len(alone),
-                )
+                logger.info("worker %s: stop requested; %d items not started", worker, len(pending))
                 break
-            batch = [alone.popleft()] if alone else take_batch(pending, batch_size)
-            for item in batch:
-                attempts[item.id] = attempts.get(item.id, 0) + 1
-            try:
-                generation = _submit(pipeline, batch, pipeline_kwargs or {})
-            except Exception as error:
-                fail(batch, error)
-                continue
-            if writing is not None:
-                record(*writing)
-            writing = (batch, generation)
+            runner.run(take_batch(pending, batch_size))
     finally:
-        if writing is not None:
-            record(*writing)
+        runner.flush()
     return outcomes
 
 
 def take_batch(pending: deque[Item], batch_size: int) -> list[Item]:
+    """Pop up to ``batch_size`` items from the front that can share one pipeline call."""
     batch = [pending.popleft()]
     key = batch[0].batch_key()
     while pending and len(batch) < batch_size and pending[0].batch_key() == key:
         batch.append(pending.popleft())
     return batch
-
-
-def _submit(pipeline: Any, batch: Sequence[Item], extra: Mapping[str, Any]) -> Any:
-    first = batch[0]
-    return pipeline.submit(
-        [item.prompt for item in batch],
-        negative_prompt=first.negative_prompt,
-        num_inference_steps=first.steps,
-        guidance_scale=first.guidance,
-        width=first.width,
-        height=first.height,
-        seeds=[item.seed for item in batch],
-        names=[item.name for item in batch],
-        **extra,
-    )

@@ -21,8 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from safeinfer.jobs._items import Item
-from safeinfer.jobs._run import ItemOutcome, run_items
+from safeinfer.jobs._run import ItemOutcome, ItemRunner
 
 __all__ = ["EXIT_FATAL", "EXIT_STOPPED", "WorkerConfig", "WorkerSlot", "worker_main"]
 
@@ -61,12 +60,17 @@ class WorkerConfig:
     log_level: int = logging.WARNING
 
 
-class _StopFlag:
+class _StopHandler:
+    """SIGTERM handler: exit at once while idle or loading, else finish the batch first."""
+
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.busy = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
+        if not self.busy:
+            raise SystemExit(EXIT_STOPPED)
 
 
 def worker_main(config: WorkerConfig, slot: WorkerSlot, conn: Connection) -> None:
@@ -74,7 +78,7 @@ def worker_main(config: WorkerConfig, slot: WorkerSlot, conn: Connection) -> Non
     # Ctrl-C reaches every process of the terminal's foreground group; the parent
     # decides how to stop, so the worker ignores SIGINT and waits for SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stop = _StopFlag()
+    stop = _StopHandler()
     signal.signal(signal.SIGTERM, stop)
     _log_to_stderr(config.log_level, slot.name)
     device = _bind(slot)
@@ -89,39 +93,52 @@ def worker_main(config: WorkerConfig, slot: WorkerSlot, conn: Connection) -> Non
 
     from safeinfer.manifest import Manifest
 
-    with Manifest(config.root / f"manifest-{slot.name}.jsonl") as manifest:
-        while stop.signum is None:
-            if not conn.poll(IDLE_POLL_SECONDS):
+    def report(outcome: ItemOutcome) -> None:
+        if outcome.ok:
+            conn.send(("done", outcome.item_id, outcome.entry))
+        else:
+            conn.send(("failed", outcome.item_id, outcome.error, outcome.attempts))
+
+    with pipeline, Manifest(config.root / f"manifest-{slot.name}.jsonl") as manifest:
+        runner = ItemRunner(
+            pipeline,
+            manifest=manifest,
+            worker=slot.name,
+            device=device,
+            retries=config.retries,
+            pipeline_kwargs=config.pipeline_kwargs,
+            on_outcome=report,
+        )
+        try:
+            _serve(conn, runner, stop)
+        finally:
+            stop.busy = True
+            runner.flush()
+    if stop.signum is not None:
+        logger.info("worker %s: stopped by signal %d", slot.name, stop.signum)
+        sys.exit(EXIT_STOPPED)
+
+
+def _serve(conn: Connection, runner: ItemRunner, stop: _StopHandler) -> None:
+    while stop.signum is None:
+        if not conn.poll():
+            # No batch is waiting: publish and record the last one before idling, so
+            # the parent hears about every item before it decides the job is done.
+            stop.busy = True
+            runner.flush()
+            stop.busy = False
+            if stop.signum is not None or not conn.poll(IDLE_POLL_SECONDS):
                 continue
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                logger.warning("worker %s: the parent is gone; exiting", slot.name)
-                return
-            if message is None:
-                return
-            items: list[Item] = message
-
-            def report(outcome: ItemOutcome) -> None:
-                if outcome.ok:
-                    conn.send(("done", outcome.item_id, outcome.entry))
-                else:
-                    conn.send(("failed", outcome.item_id, outcome.error, outcome.attempts))
-
-            run_items(
-                items,
-                pipeline,
-                manifest=manifest,
-                worker=slot.name,
-                device=device,
-                batch_size=config.batch_size,
-                retries=config.retries,
-                pipeline_kwargs=config.pipeline_kwargs,
-                on_outcome=report,
-                should_stop=lambda: stop.signum is not None,
-            )
-    logger.info("worker %s: stopped by signal %d", slot.name, stop.signum)
-    sys.exit(EXIT_STOPPED)
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            logger.warning("the parent process is gone; exiting")
+            return
+        if message is None:
+            return
+        stop.busy = True
+        runner.run(message)
+        stop.busy = False
 
 
 def _log_to_stderr(level: int, name: str) -> None:
