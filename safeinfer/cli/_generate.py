@@ -8,6 +8,7 @@ from typing import Any
 
 from safeinfer.errors import JobError, JobInterrupted
 from safeinfer.jobs import DEFAULT_RETRIES, DEFAULT_SEED, DTYPES
+from safeinfer.jobs._cluster import ENGINES
 
 EPILOG = """\
 Prompt files: .txt (one prompt per line; lines starting with # are comments),
@@ -25,6 +26,8 @@ examples:
   safeinfer generate examples/prompts.txt --out outputs
   safeinfer generate prompts.jsonl --out runs/a --model ./my-pipeline --gpus 0,1
   safeinfer generate prompts.csv --out runs/a --resume
+  torchrun --nproc-per-node 4 -m safeinfer generate prompts.txt --out runs/a
+  safeinfer generate prompts.txt --out /shared/runs/a --engine ray --ray-address HOST:6379
 """
 
 
@@ -115,6 +118,19 @@ def register(subparsers: Any) -> None:
         help="load a Hub model from the local Hugging Face cache only",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="'local': worker processes on this host, or one worker per rank under "
+        "torchrun, Accelerate, srun or MPI (default); 'ray': actors on a Ray cluster",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to connect to with --engine ray, for example 10.0.0.5:6379 "
+        "(default: RAY_ADDRESS, a running local cluster, or a new local instance)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -143,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
             retries=args.retries,
             local_files_only=args.offline,
             progress=not args.no_progress,
+            engine=args.engine,
+            ray_address=args.ray_address,
         )
     except JobInterrupted as error:
         if error.summary is not None:

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from safeinfer.errors import ConfigError, JobError, JobInterrupted, WriteError
+from safeinfer.jobs._cluster import cluster_engine, launch_ranks
 from safeinfer.jobs._items import make_items
 from safeinfer.jobs._local import LocalEngine
 from safeinfer.jobs._progress import Progress
 from safeinfer.jobs._prompts import PromptSource, parse_size, read_prompts
+from safeinfer.jobs._rank_engine import gather_summary
 from safeinfer.jobs._resume import find_finished, manifest_names
 from safeinfer.jobs._run import DEFAULT_RETRIES
 from safeinfer.jobs._slots import plan_slots
@@ -57,6 +59,8 @@ def generate(
     pipeline_kwargs: Mapping[str, Any] | None = None,
     progress: bool = True,
     stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> JobSummary:
     """Make one image per item of ``prompts`` into ``out``, in worker processes.
 
@@ -74,6 +78,13 @@ def generate(
     ``resume`` is true; then items whose file matches its record are skipped. A failed
     item is tried ``retries`` more times, and a worker that dies is replaced. Under the
     main thread, SIGINT and SIGTERM stop the workers cleanly.
+
+    Under torchrun, Accelerate, SLURM's srun or MPI with two or more ranks, each rank
+    makes its share of the items in this process, binds its GPU by local rank and
+    writes ``manifest-rank<N>.jsonl``. ``engine="ray"`` (``"local"`` or ``"ray"``) runs
+    the items on Ray actors instead: on the Ray instance this process already
+    initialised, else on the cluster at ``ray_address`` (None: ``RAY_ADDRESS``, a
+    running local cluster, or a new local instance).
 
     On Linux and macOS, a script that calls this must guard its top level with
     ``if __name__ == "__main__":``, because the workers are started with "spawn" and
@@ -95,6 +106,7 @@ def generate(
     """
     started = time.monotonic()
     root = Path(out)
+    ranks = launch_ranks(engine)
     config = _worker_config(
         model,
         root,
@@ -116,8 +128,10 @@ def generate(
         width=width,
         height=height,
     )
-    slots = plan_slots(gpus, workers, threads_per_worker)
-    _prepare_root(root, resume=resume)
+    if ranks is not None:
+        items = ranks.share(items)
+    slots = plan_slots(gpus, workers, threads_per_worker) if engine == "local" and not ranks else []
+    _prepare_root(root, resume=resume, ignore=ranks.peer_manifest_names() if ranks else set())
 
     finished = find_finished(items, root) if resume else {}
     todo = [item for item in items if item.id not in finished]
@@ -128,11 +142,27 @@ def generate(
         len(todo),
         len(slots),
     )
-    bar = Progress(len(todo), enabled=progress, skipped=len(finished))
+    bar = Progress(
+        len(todo), enabled=progress and not (ranks and ranks.rank), skipped=len(finished)
+    )
     try:
         if todo:
-            engine = LocalEngine(todo, config, slots, progress=bar, stop_timeout=stop_timeout)
-            result = engine.run()
+            runner = (
+                LocalEngine(todo, config, slots, progress=bar, stop_timeout=stop_timeout)
+                if slots
+                else cluster_engine(
+                    engine,
+                    todo,
+                    config,
+                    ranks=ranks,
+                    gpus=gpus,
+                    workers=workers,
+                    threads_per_worker=threads_per_worker,
+                    ray_address=ray_address,
+                    progress=bar,
+                )
+            )
+            result = runner.run()
         else:
             result = None
     finally:
@@ -152,6 +182,8 @@ def generate(
         manifests=manifest_names(root),
         interrupted=result.interrupted if result is not None else None,
     )
+    if ranks is not None:
+        summary = gather_summary(summary, ranks)
     if result is not None and result.fatal is not None:
         from safeinfer.errors import ModelError
 
@@ -244,8 +276,9 @@ def _check_steps(steps: int | None) -> int | None:
     return steps
 
 
-def _prepare_root(root: Path, *, resume: bool) -> None:
-    existing = manifest_names(root)
+def _prepare_root(root: Path, *, resume: bool, ignore: set[str]) -> None:
+    # ignore: the other ranks' manifests, which they may create while this rank starts.
+    existing = [name for name in manifest_names(root) if name not in ignore]
     if existing and not resume:
         raise ConfigError(
             f"output directory {root} already contains a job ({', '.join(existing)}): "
