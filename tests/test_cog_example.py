@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cog_predictors.client import Tally, decode_data_url, free_ports, log_tail, predict
 from PIL import Image
 
-from cog_predictors.client import Tally, decode_data_url, free_ports, log_tail, predict
 from safeinfer.errors import LaunchError
 from safeinfer.launch import Launcher
 from safeinfer.png import read_metadata, verify_png
