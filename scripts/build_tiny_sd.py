@@ -16,6 +16,7 @@ pipeline in memory and checks that the shipped weights are identical.
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -70,28 +71,43 @@ def _byte_alphabet() -> list[str]:
 
 
 def build_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Return a CLIP-style vocabulary and merge list.
+    """Return a CLIP-style vocabulary and merge list in which every word of ``WORDS`` is one token.
 
     Like CLIP's, the vocabulary holds every byte symbol alone and with the end-of-word
-    marker ``</w>``, then one token per merge, then the two special tokens. Each word
-    in ``WORDS`` is built by merging its symbols from left to right.
+    marker ``</w>``, then one token per merge, then the two special tokens. For each
+    word, the merges so far are applied as the tokenizer will apply them, then new
+    merges join what is left from left to right. New merges rank after all older ones,
+    so they never change how an earlier word splits.
     """
     symbols = _byte_alphabet()
     tokens = symbols + [symbol + "</w>" for symbol in symbols]
     merges: list[tuple[str, str]] = []
-    known = set(tokens)
+    ranks: dict[tuple[str, str], int] = {}
     for word in WORDS:
-        pieces = [*word[:-1], word[-1] + "</w>"]
-        merged = pieces[0]
-        for piece in pieces[1:]:
-            pair = (merged, piece)
-            merged += piece
-            if merged not in known:
-                merges.append(pair)
-                tokens.append(merged)
-                known.add(merged)
+        pieces = _apply_merges([*word[:-1], word[-1] + "</w>"], ranks)
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            tokens.append(pair[0] + pair[1])
+            pieces = [pair[0] + pair[1], *pieces[2:]]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     return {token: index for index, token in enumerate(tokens)}, merges
+
+
+def _apply_merges(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Merge adjacent pieces the way byte-pair encoding does: lowest rank first."""
+    while len(pieces) > 1:
+        candidates = [
+            (ranks[pair], index)
+            for index, pair in enumerate(itertools.pairwise(pieces))
+            if pair in ranks
+        ]
+        if not candidates:
+            break
+        _, index = min(candidates)
+        pieces = [*pieces[:index], pieces[index] + pieces[index + 1], *pieces[index + 2 :]]
+    return pieces
 
 
 def build_tokenizer() -> CLIPTokenizer:

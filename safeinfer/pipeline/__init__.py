@@ -17,10 +17,11 @@ from safeinfer.pipeline._metadata import library_versions, model_label
 from safeinfer.pipeline._pool import DEFAULT_MAX_PENDING, DEFAULT_WRITER_THREADS, WriterPool
 from safeinfer.pipeline._requests import ImageRequest, safe_relative_name
 from safeinfer.pipeline._results import GenerationResult, PendingGeneration, Results
-from safeinfer.pipeline._safe import DEFAULT_IF_EXISTS, SafePipeline
+from safeinfer.pipeline._safe import DEFAULT_BATCH_SIZE, DEFAULT_IF_EXISTS, SafePipeline
 
 __all__ = [
     "AUTO",
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_IF_EXISTS",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_WRITER_THREADS",

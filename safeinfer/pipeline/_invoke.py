@@ -57,7 +57,8 @@ class CallSpec:
         )
 
     def takes(self, name: str) -> bool:
-        return name in self.parameters
+        # A pipeline with **kwargs may pass anything on to another pipeline.
+        return name in self.parameters or self.takes_any_keyword
 
     @property
     def takes_prompts(self) -> bool:

@@ -21,6 +21,8 @@ DTYPE_NAMES: Final[dict[str, str]] = {
     "half": "float16",
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
+    "float64": "float64",
+    "fp64": "float64",
 }
 
 
@@ -48,7 +50,7 @@ def load_pipeline(
     kind, location = resolve_model(model)
     dtype = parse_dtype(torch_dtype)
     if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+        kwargs[_dtype_keyword()] = dtype
 
     if kind == "embedded":
         pipe = load(str(model), **kwargs)
@@ -73,7 +75,7 @@ def _load_folder(folder: Path, **kwargs: Any) -> Any:
         )
     kwargs["local_files_only"] = True
     try:
-        pipe = pipeline_class(folder).from_pretrained(folder, **kwargs)
+        pipe = pipeline_class(folder).from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, KeyError, AttributeError) as error:
         # diffusers raises AttributeError for a _class_name that it does not define.
         raise ModelError(f"cannot load the pipeline in {str(folder)!r}: {error}") from error
@@ -97,6 +99,16 @@ def _load_hub(model_id: str, *, local_files_only: bool, **kwargs: Any) -> Any:
             f"cannot load {model_id!r} from {where}: {error}. Download it first "
             f"(`hf download {model_id}`) or pass a folder written by save_pretrained"
         ) from error
+
+
+def _dtype_keyword() -> str:
+    # diffusers 0.42 renamed from_pretrained's torch_dtype to dtype and warns about the
+    # old name; older releases know only torch_dtype. The helper below came with the rename.
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
 
 
 def parse_dtype(value: Any) -> Any:

@@ -10,7 +10,7 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from safeinfer.errors import ConfigError
 from safeinfer.tiny import embedded_name
@@ -60,6 +60,36 @@ def pipeline_settings(pipe: Any, *, model: str | None) -> dict[str, Any]:
     }
 
 
+#: Fields that SafePipeline fills in; caller metadata may not redefine them, because the
+#: file would then describe another image than it holds.
+GENERATED_KEYS: Final = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "steps",
+        "guidance",
+        "width",
+        "height",
+        "model",
+        "pipeline",
+        "scheduler",
+        "dtype",
+        "versions",
+    }
+)
+
+
+def check_extra_metadata(extra: Mapping[str, Any] | None) -> None:
+    """Raise ConfigError when caller metadata redefines a generated field."""
+    clashes = sorted(set(extra or ()) & GENERATED_KEYS)
+    if clashes:
+        raise ConfigError(
+            f"metadata keys {clashes} clash with the generated metadata; rename them, "
+            f"for example to {['user_' + key for key in clashes]}"
+        )
+
+
 def image_metadata(
     settings: Mapping[str, Any],
     *,
@@ -74,8 +104,8 @@ def image_metadata(
 ) -> dict[str, Any]:
     """Build one image's metadata; fields whose value is None are left out.
 
-    ``extra`` adds the caller's own fields. It may not redefine a generated one, because
-    then the file would describe another image than it holds.
+    ``settings`` comes from :func:`pipeline_settings`; ``extra`` adds the caller's own
+    fields, checked beforehand by :func:`check_extra_metadata`.
     """
     generated: dict[str, Any] = {
         "prompt": prompt,
@@ -89,11 +119,5 @@ def image_metadata(
     }
     metadata = {key: value for key, value in generated.items() if value is not None}
     if extra:
-        clashes = sorted(set(extra) & set(generated))
-        if clashes:
-            raise ConfigError(
-                f"metadata keys {clashes} clash with the generated metadata; rename them, "
-                f"for example to {['user_' + key for key in clashes]}"
-            )
         metadata.update(extra)
     return metadata

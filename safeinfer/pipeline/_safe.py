@@ -15,7 +15,12 @@ from safeinfer.errors import ConfigError, WriteError
 from safeinfer.pipeline._device import AUTO, place_pipeline
 from safeinfer.pipeline._invoke import CallSpec, output_images
 from safeinfer.pipeline._loading import load_pipeline
-from safeinfer.pipeline._metadata import image_metadata, model_label, pipeline_settings
+from safeinfer.pipeline._metadata import (
+    check_extra_metadata,
+    image_metadata,
+    model_label,
+    pipeline_settings,
+)
 from safeinfer.pipeline._pool import DEFAULT_MAX_PENDING, DEFAULT_WRITER_THREADS, WriterPool
 from safeinfer.pipeline._requests import ImageRequest, plan_requests
 from safeinfer.pipeline._results import PendingGeneration, Results
@@ -38,14 +43,21 @@ logger = logging.getLogger(__name__)
 #: New names never replace a file, so two workers or two runs never overwrite each other.
 DEFAULT_IF_EXISTS: Final[IfExists] = "unique"
 
+#: Images per pipeline call. One image per call makes every image bit-for-bit the same
+#: however the prompts are grouped: batched matrix kernels take other code paths for
+#: other batch sizes (a batch of one runs matrix-vector code on CPUs), which changes the
+#: last float bits and can move a few pixels by 1/255.
+DEFAULT_BATCH_SIZE: Final = 1
+
 
 class SafePipeline:
     """A diffusers pipeline that writes every image safely, with its seed and metadata.
 
-    Every image gets its own seed and its own ``torch.Generator``, so image k comes out
-    the same alone or in any batch. Images are encoded and published by a small writer
-    pool while the next batch runs: atomically, fsynced per ``durability``, named
-    uniquely (or by ``names``), with the generation metadata inside the PNG.
+    Every image gets its own seed and its own ``torch.Generator``, and by default its own
+    pipeline call, so image k comes out the same alone or among other prompts. A small
+    writer pool encodes and publishes the images while the next one is generated:
+    atomically, fsynced per ``durability``, named uniquely (or by ``names``), with the
+    generation metadata inside the PNG.
 
     >>> from safeinfer import SafePipeline
     >>> pipe = SafePipeline.from_pretrained("tiny-digits", output_dir="outputs")  # doctest: +SKIP
@@ -182,7 +194,9 @@ class SafePipeline:
         image; None draws random seeds (recorded in the results and the files).
         ``names``: one relative file path per image (subfolders allowed, each part made
         safe); without them, files get unique names built from the prompt and seed.
-        ``batch_size`` caps the images per pipeline call (default: all in one call).
+        ``batch_size`` sets the images per pipeline call. The default, 1, makes image k
+        the same bytes whatever else is in the call; larger batches run faster on a GPU
+        and use the same seeds and noise, but may change a few pixels by 1/255.
         ``metadata`` adds fields to the metadata stored in each PNG. Other keyword
         arguments go to the pipeline; ``None`` options use the pipeline's defaults.
 
@@ -239,6 +253,7 @@ class SafePipeline:
             "width": width,
         }
         self._spec.check(options, pipeline_kwargs)
+        check_extra_metadata(metadata)
         requests = plan_requests(
             prompt,
             negative_prompt=negative_prompt,
@@ -305,7 +320,7 @@ class SafePipeline:
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
             raise ConfigError(f"invalid batch_size {batch_size!r}: use 1 or more, or None")
-        size = batch_size or len(requests)
+        size = batch_size or DEFAULT_BATCH_SIZE
         if self._spec.max_batch is not None:
             size = min(size, self._spec.max_batch)
         return [requests[start : start + size] for start in range(0, len(requests), size)]

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from safeinfer.tiny._digit_prompts import ACCEPTED_FORMS, NULL_CLASS, parse_digit_prompt
+from safeinfer.tiny._digit_prompts import (
+    ACCEPTED_FORMS,
+    DIGIT_WORDS,
+    NULL_CLASS,
+    parse_digit_prompt,
+)
 from safeinfer.tiny._load import load, own_weights, pipeline_class
 from safeinfer.tiny._registry import (
     DEFAULT_MODEL,
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCEPTED_FORMS",
     "DEFAULT_MODEL",
+    "DIGIT_WORDS",
     "MODELS",
     "MODELS_DIR",
     "NULL_CLASS",

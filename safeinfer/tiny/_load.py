@@ -21,7 +21,7 @@ _OWN_PIPELINES = frozenset({"DigitsPipeline"})
 def load(name: str, **kwargs: Any) -> Any:
     """Load an embedded model as a diffusers pipeline, offline.
 
-    ``kwargs`` go to ``from_pretrained`` (for example ``torch_dtype``). The weights are
+    ``kwargs`` go to ``from_pretrained`` (for example ``dtype``). The weights are
     read from the package folder; nothing is downloaded.
 
     >>> import safeinfer.tiny
@@ -34,7 +34,7 @@ def load(name: str, **kwargs: Any) -> Any:
     folder = model_path(name)
     kwargs["local_files_only"] = True
     try:
-        pipe = pipeline_class(folder).from_pretrained(folder, **kwargs)
+        pipe = pipeline_class(folder).from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(
             f"cannot load the embedded model {name!r} from {folder}: {error}; "

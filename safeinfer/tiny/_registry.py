@@ -65,6 +65,11 @@ def resolve_model(model: str | os.PathLike[str]) -> tuple[ModelKind, str]:
     not a folder, and for text that is neither a name, a path nor a Hub id.
     """
     text = os.fspath(model)
+    if not text.strip():
+        raise ModelError(
+            f"invalid model {text!r}: pass an embedded name ({', '.join(MODELS)}), a "
+            "folder or a Hub id"
+        )
     if text in MODELS:
         return "embedded", str(model_path(text))
     path = Path(text).expanduser()
