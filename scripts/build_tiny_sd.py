@@ -52,7 +52,7 @@ WORDS = [word for group in WORD_GROUPS for word in group.split()]
 def _byte_alphabet() -> list[str]:
     """Return the 256 printable characters that byte-level BPE uses for the 256 bytes.
 
-    Bytes that are printable Latin-1 characters stand for themselves; the others are
+    Bytes that are printable Latin-1 characters stand for themselves. The others are
     shifted to code points from 256 upwards, so no token contains whitespace or a
     control character.
     """
@@ -73,7 +73,7 @@ def _byte_alphabet() -> list[str]:
 def build_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Return a CLIP-style vocabulary and merge list in which every word of ``WORDS`` is one token.
 
-    Like CLIP's, the vocabulary holds every byte symbol alone and with the end-of-word
+    Like CLIP's, the vocabulary contains every byte symbol alone and with the end-of-word
     marker ``</w>``, then one token per merge, then the two special tokens. For each
     word, the merges so far are applied as the tokenizer will apply them, then new
     merges join what is left from left to right. New merges rank after all older ones,

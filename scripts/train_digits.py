@@ -11,7 +11,7 @@ Reproduce the shipped weights from the repository root::
 
 Defaults: seed 0, one CPU thread, 8000 steps of batch 64. On one thread of a shared
 2-core machine (torch 2.13.0 CPU, diffusers 0.42.1) it took 457 s, and 868 s while other
-jobs loaded the machine; both runs wrote identical weights. The run is deterministic for
+jobs loaded the machine. Both runs wrote identical weights. The run is deterministic for
 a fixed torch build, seed and thread count; another build or thread count may change
 the weights slightly.
 """

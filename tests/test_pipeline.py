@@ -72,8 +72,8 @@ def ddpm_pipe() -> Any:
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread() -> Any:
-    # Several torch threads on a busy shared machine spin against each other and run
-    # many times slower; one thread keeps the suite fast and its results fixed.
+    # On a busy shared machine, several torch threads spin against each other and run
+    # many times slower. One thread keeps the suite fast and its results fixed.
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -32,7 +32,7 @@ SIZE_AND_STEP_OPTIONS: Final = ("num_inference_steps", "guidance_scale", "height
 
 @dataclass(frozen=True)
 class CallSpec:
-    """What one pipeline's ``__call__`` accepts, and its default steps and guidance."""
+    """The arguments of one pipeline's ``__call__``, and its default steps and guidance."""
 
     pipeline_name: str
     parameters: frozenset[str]
@@ -130,7 +130,7 @@ class CallSpec:
 def output_images(output: Any, *, expected: int, pipeline_name: str) -> list[Any]:
     """Return the images of a pipeline output as PIL images, checked against the count.
 
-    Accepts an output object with ``.images`` or a tuple whose first item holds them, as
+    Accepts an output object with ``.images`` or a tuple whose first item contains them, as
     a list of PIL images or arrays, or one stacked array or tensor (N, ...).
     """
     from PIL import Image

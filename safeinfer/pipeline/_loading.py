@@ -38,7 +38,7 @@ def load_pipeline(
 
     ``model`` is an embedded name, a folder written by ``save_pretrained`` or a Hub id
     (see :func:`safeinfer.tiny.resolve_model`). The label is the embedded name, the Hub
-    id, or the folder's own name, so metadata never holds a local path. ``torch_dtype``
+    id, or the folder's own name, so metadata never contains a local path. ``torch_dtype``
     is a ``torch.dtype`` or a name such as ``"float16"``; ``scheduler`` names a diffusers
     scheduler class that replaces the pipeline's own. ``kwargs`` go to ``from_pretrained``.
 

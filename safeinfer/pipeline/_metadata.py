@@ -1,7 +1,8 @@
 """The generation metadata written into every PNG: parameters, model and versions.
 
-It holds what is needed to reproduce an image and nothing that differs between two runs
-of the same request (no time, host name or path), so equal requests give equal bytes.
+It contains what is needed to reproduce an image and nothing that differs between two
+runs of the same request (no time, host name or path), so it never makes equal requests
+give different bytes.
 """
 
 from __future__ import annotations

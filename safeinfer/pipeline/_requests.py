@@ -19,7 +19,7 @@ MAX_SEED: Final = 2**64 - 1
 #: accept, so a seed copied from a file's metadata works elsewhere too.
 RANDOM_SEED_BOUND: Final = 2**32
 
-#: Longest prompt prefix, in UTF-8 bytes, that goes into a generated file name.
+#: Maximum length, in UTF-8 bytes, of the prompt prefix in a generated file name.
 PROMPT_STEM_BYTES: Final = 48
 
 

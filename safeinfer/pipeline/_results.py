@@ -1,4 +1,4 @@
-"""What a SafePipeline call returns: one GenerationResult per image, in a Results list."""
+"""The return values of a SafePipeline call: one GenerationResult per image, in a Results list."""
 
 from __future__ import annotations
 

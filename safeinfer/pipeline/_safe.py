@@ -43,10 +43,10 @@ logger = logging.getLogger(__name__)
 #: New names never replace a file, so two workers or two runs never overwrite each other.
 DEFAULT_IF_EXISTS: Final[IfExists] = "unique"
 
-#: Images per pipeline call. One image per call makes every image bit-for-bit the same
-#: however the prompts are grouped: batched matrix kernels take other code paths for
-#: other batch sizes (a batch of one runs matrix-vector code on CPUs), which changes the
-#: last float bits and can move a few pixels by 1/255.
+#: Images per pipeline call. With one image per call, every image is bit-for-bit the same
+#: however the prompts are grouped. Matrix kernels take other code paths for other batch
+#: sizes (a batch of one runs matrix-vector code on CPUs), which changes the last float
+#: bits and can move a few pixels by 1/255.
 DEFAULT_BATCH_SIZE: Final = 1
 
 
@@ -190,10 +190,10 @@ class SafePipeline:
     ) -> Results:
         """Generate one image per prompt (times ``num_images_per_prompt``) and publish them.
 
-        ``seeds``: an int ``s`` gives image k the seed ``s + k``; a list gives one seed per
-        image; None draws random seeds (recorded in the results and the files).
-        ``names``: one relative file path per image (subfolders allowed, each part made
-        safe); without them, files get unique names built from the prompt and seed.
+        ``seeds``: an int ``s`` gives image k the seed ``s + k``, and a list gives one seed
+        per image. None draws random seeds, which the results and the files record.
+        ``names``: one relative file path per image, where subfolders are allowed and each
+        part is made safe. Without names, files get unique names from prompt and seed.
         ``batch_size`` sets the images per pipeline call. The default, 1, makes image k
         the same bytes whatever else is in the call; larger batches run faster on a GPU
         and use the same seeds and noise, but may change a few pixels by 1/255.

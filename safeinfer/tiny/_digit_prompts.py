@@ -41,7 +41,7 @@ def parse_digit_prompt(prompt: str | None) -> int:
     """Return the digit (0-9) that ``prompt`` names, or ``NULL_CLASS`` for any digit.
 
     The prompt must name exactly one digit, as a numeral or an English word; other
-    words are ignored. An empty prompt or ``None`` asks for any digit.
+    words are ignored. An empty prompt or ``None`` requests any digit.
 
     >>> parse_digit_prompt("a handwritten seven")
     7

@@ -105,8 +105,8 @@ class DigitsPipeline(_PipelineBase):  # type: ignore[misc]
         label_tensor = torch.tensor(labels, device=device)
         negative_tensor = torch.tensor(negative_labels, device=device)
         guided = guidance_scale != 1.0
-        # Ancestral schedulers (DDPM, Euler a) draw fresh noise in every step; it must come
-        # from the same per-image generators, or image k would depend on its batch.
+        # Ancestral schedulers (DDPM, Euler a) draw fresh noise in every step. That noise
+        # must come from the per-image generators, or image k would depend on its batch.
         step_options: dict[str, Any] = {}
         if "generator" in inspect.signature(self.scheduler.step).parameters:
             step_options["generator"] = generator

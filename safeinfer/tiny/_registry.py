@@ -13,7 +13,7 @@ from typing import Final, Literal
 
 from safeinfer.errors import ModelError
 
-#: Where a model comes from: shipped with safeinfer, a local folder, or the Hugging Face Hub.
+#: The source of a model: shipped with safeinfer, a local folder, or the Hugging Face Hub.
 ModelKind = Literal["embedded", "local", "hub"]
 
 #: Embedded model names, in the order the docs list them.
