@@ -6,8 +6,8 @@ Run from the repository root::
 
 The model is the embedded text-to-image pipeline ``tiny-sd`` at its native size, on the
 CPU, with the pipeline's default step count unless ``--steps`` is given. Every variant
-runs as its own process and is timed from start to exit, model loading included, so
-start-up costs count against whoever pays them. The comparisons:
+runs as its own process and is timed from start to exit, so each variant pays its own
+start-up costs (imports, model loading). The comparisons:
 
 - ``safeinfer generate`` with 1 worker of 1 thread against a bare diffusers loop on 1
   thread that calls ``image.save(path)`` after each image (target: no slower), and

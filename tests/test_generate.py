@@ -22,7 +22,7 @@ def _ids(prompts: list[str], images_per_prompt: int = 1) -> list[str]:
     ]
 
 
-def test_same_bytes_with_one_and_two_workers(tmp_path: Path) -> None:
+def test_same_bytes_across_workers_and_batches(tmp_path: Path) -> None:
     options = {"steps": TEST_STEPS, "images_per_prompt": 2, "seed": 5, "progress": False}
     ids = _ids(DIGIT_PROMPTS, images_per_prompt=2)
 
@@ -30,7 +30,7 @@ def test_same_bytes_with_one_and_two_workers(tmp_path: Path) -> None:
         DIGIT_PROMPTS, tmp_path / "one", workers=1, threads_per_worker=1, **options
     )
     two = safeinfer.generate(
-        DIGIT_PROMPTS, tmp_path / "two", workers=2, threads_per_worker=1, **options
+        DIGIT_PROMPTS, tmp_path / "two", workers=2, threads_per_worker=1, batch_size=3, **options
     )
 
     assert (one.written, one.failed, one.skipped) == (8, {}, 0)
@@ -44,28 +44,6 @@ def test_same_bytes_with_one_and_two_workers(tmp_path: Path) -> None:
     assert names_one == names_two
     workers_used = {entry.fields["worker"] for entry in read_manifests(tmp_path / "two")}
     assert workers_used == {"cpu0", "cpu1"}
-
-
-def test_manifest_records_item_parameters(tmp_path: Path) -> None:
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        json.dumps({"prompt": "7", "seed": 41}) + "\n" + json.dumps({"prompt": "8"}) + "\n"
-    )
-
-    summary = safeinfer.generate(prompts, tmp_path / "out", steps=TEST_STEPS, progress=False)
-
-    assert summary.written == 2
-    entries = {entry.fields["item"]: entry for entry in read_manifests(tmp_path / "out")}
-    seven = entries["000000-00"]
-    assert seven.fields["seed"] == 41
-    assert seven.fields["prompt"] == "7"
-    assert seven.fields["steps"] == TEST_STEPS
-    assert seven.fields["model"] == "tiny-digits"
-    assert seven.fields["worker"] == "cpu0"
-    assert seven.fields["device"] == "cpu"
-    assert seven.path == "0000/000000-00-41-7.png"
-    assert entries["000001-00"].fields["seed"] == make_items(read_prompts(["7", "8"]))[1].seed
-    assert summary.manifests == ["manifest-cpu0.jsonl"]
 
 
 def test_saved_pipeline_folder(tmp_path: Path) -> None:
@@ -90,9 +68,11 @@ def test_saved_pipeline_folder(tmp_path: Path) -> None:
     assert entry.fields["model"] == "my-pipeline"
 
 
-def test_failed_items_are_retried_then_reported(tmp_path: Path) -> None:
+def test_failures_retried_and_parameters_recorded(tmp_path: Path) -> None:
     # The digits model rejects a prompt that names no digit, on every attempt.
-    prompts = ["a handwritten two", "a cat", "nine"]
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "7", "seed": 41}, {"prompt": "a cat"}, {"prompt": "8", "steps": 3}]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     with pytest.raises(JobError, match="1 of 3 items failed") as caught:
         safeinfer.generate(prompts, tmp_path / "out", steps=TEST_STEPS, retries=1, progress=False)
@@ -101,41 +81,21 @@ def test_failed_items_are_retried_then_reported(tmp_path: Path) -> None:
     assert error.failed == ["000001-00"]
     summary = error.summary
     assert summary is not None
-    assert summary.written == 2
+    assert (summary.written, summary.not_started) == (2, 0)
     assert "names no digit" in summary.failed["000001-00"]
+    assert summary.manifests == ["manifest-cpu0.jsonl"]
     assert_job_consistent(tmp_path / "out", ["000000-00", "000002-00"])
-
-
-def test_resume_skips_finished_items(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    safeinfer.generate(DIGIT_PROMPTS[:2], out, steps=TEST_STEPS, progress=False)
-    kept = {path: path.stat().st_mtime_ns for path in png_files(out)}
-    damaged = sorted(kept)[0]
-    damaged.write_bytes(damaged.read_bytes()[:-20])
-
-    with pytest.raises(ConfigError, match="already contains a job"):
-        safeinfer.generate(DIGIT_PROMPTS, out, steps=TEST_STEPS, progress=False)
-    summary = safeinfer.generate(DIGIT_PROMPTS, out, steps=TEST_STEPS, resume=True, progress=False)
-
-    assert (summary.skipped, summary.written) == (1, 3)
-    contents = assert_job_consistent_last(out, _ids(DIGIT_PROMPTS))
-    assert damaged in contents
-    untouched = [path for path in kept if path != damaged]
-    assert [path.stat().st_mtime_ns for path in untouched] == [kept[path] for path in untouched]
-
-
-def assert_job_consistent_last(root: Path, expected_ids: list[str]) -> dict[Path, bytes]:
-    """Like assert_job_consistent, but an item redone after damage may have two lines."""
-    entries = read_manifests(root)
-    latest = {entry.fields["item"]: entry for entry in entries}
-    assert sorted(latest) == sorted(expected_ids)
-    files = {}
-    for entry in latest.values():
-        data = entry.absolute_path.read_bytes()
-        assert len(data) == entry.bytes
-        files[entry.absolute_path] = data
-    assert sorted(files) == png_files(root)
-    return files
+    entries = {entry.fields["item"]: entry for entry in read_manifests(tmp_path / "out")}
+    seven = entries["000000-00"]
+    assert seven.path == "0000/000000-00-41-7.png"
+    assert (seven.fields["prompt"], seven.fields["seed"]) == ("7", 41)
+    assert seven.fields["steps"] == TEST_STEPS
+    assert seven.fields["model"] == "tiny-digits"
+    assert (seven.fields["worker"], seven.fields["device"]) == ("cpu0", "cpu")
+    assert seven.fields["attempt"] == 1
+    eight = entries["000002-00"]
+    assert eight.fields["steps"] == 3
+    assert eight.fields["seed"] == make_items(read_prompts(["7", "a cat", "8"]))[2].seed
 
 
 def test_unknown_model_name(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from safeinfer.jobs._local import LocalEngine
 from safeinfer.jobs._progress import Progress
 from safeinfer.jobs._prompts import PromptSource, parse_size, read_prompts
 from safeinfer.jobs._rank_engine import gather_summary
-from safeinfer.jobs._resume import find_finished, manifest_names
+from safeinfer.jobs._resume import find_finished, manifest_names, prune_manifests
 from safeinfer.jobs._run import DEFAULT_RETRIES
 from safeinfer.jobs._slots import plan_slots
 from safeinfer.jobs._summary import JobSummary
@@ -135,6 +135,10 @@ def generate(
 
     finished = find_finished(items, root) if resume else {}
     todo = [item for item in items if item.id not in finished]
+    if resume and ranks is None:
+        # NOTE: ranks append to their manifests while other ranks start, so a rank
+        # cannot rewrite them; there a redone item keeps its stale line next to the new.
+        prune_manifests(root, todo)
     logger.info(
         "job: %d items, %d done before, %d to make, %d workers",
         len(items),

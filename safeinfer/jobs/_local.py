@@ -1,8 +1,8 @@
 """The local engine: the parent process hands items to worker processes and collects results.
 
 The parent keeps the only queue. It sends each ready worker up to two batches at a time,
-so a worker never waits for work while the parent answers another, and it always knows
-which items a worker holds. When a worker dies, the items it held go back to the front of
+so a worker never waits for work while the parent serves another, and it always knows
+which items each worker has. When a worker dies, the items it held go back to the front of
 the queue, unless its manifest shows them done. Each item may outlive only ``retries``
 worker deaths, so an item that crashes every worker (a segfault, the OOM killer) ends up
 failed instead of taking every restart.
@@ -33,7 +33,7 @@ __all__ = ["EngineResult", "LocalEngine"]
 
 logger = logging.getLogger(__name__)
 
-#: Batches a worker holds at once: the one it runs and the next one.
+#: Batches sent to a worker and not finished: the one it runs and the next one.
 PREFETCH_BATCHES: Final = 2
 #: Seconds the parent waits for worker messages before it checks the workers again.
 RECEIVE_TIMEOUT: Final = 0.1
@@ -47,7 +47,7 @@ WORKER_BACKOFF: Final = (0.5, 10.0)
 
 @dataclass
 class EngineResult:
-    """What a run of the engine produced: entries of written items, errors of failed ones."""
+    """The outcome of an engine run: entries of written items, errors of failed ones."""
 
     done: dict[str, dict[str, Any]]
     failed: dict[str, str]
@@ -246,8 +246,8 @@ class LocalEngine:
             self._queue.extendleft(reversed(requeue))
 
     def _recorded(self, name: str, item_ids: set[str]) -> dict[str, dict[str, Any]]:
-        # A worker can die after its manifest line and before its "done" message; the
-        # line is the truth, because it is written only after the file is published.
+        # A worker can die after its manifest line and before its "done" message. The
+        # line wins, because it is written only after the file is published.
         path = self._config.root / f"manifest-{name}.jsonl"
         try:
             entries = read_manifest(path)

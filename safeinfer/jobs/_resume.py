@@ -1,4 +1,4 @@
-"""Which items an earlier run of the job already finished, from the manifests and the files."""
+"""Detection of the items an earlier run finished, from the manifests and the files."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Final
 from safeinfer.jobs._items import Item
 from safeinfer.manifest import ManifestEntry, find_manifests, read_manifests
 
-__all__ = ["find_finished", "manifest_names"]
+__all__ = ["find_finished", "manifest_names", "prune_manifests"]
 
 logger = logging.getLogger(__name__)
 
 #: Threads that hash recorded files: enough to keep a disk or a network file system
-#: busy; the hashing itself releases the GIL.
+#: busy, and hashlib releases the GIL while it hashes.
 HASH_THREADS: Final = 8
 
 
@@ -62,6 +62,33 @@ def find_finished(items: Sequence[Item], root: Path) -> dict[str, ManifestEntry]
             else:
                 logger.info("item %s: recorded file missing or changed; making it again", item_id)
     return finished
+
+
+def prune_manifests(root: Path, todo: Iterable[Item]) -> int:
+    """Remove the manifest lines of files that this run will make again; return their count.
+
+    A line whose path is the file name of an item in ``todo`` describes a file that is
+    missing, damaged or made with other parameters, and that the run replaces. Without
+    pruning, the manifest would keep a line that no longer matches its file next to the
+    new one. Each manifest is rewritten atomically (a crash leaves the old or the new
+    one), so call this only while no worker appends to the manifests.
+    """
+    rewritten = {item.name for item in todo}
+    stale: dict[Path, set[int]] = {}
+    for entry in read_manifests(root):
+        if entry.path in rewritten:
+            stale.setdefault(entry.manifest, set()).add(entry.line)
+    if not stale:
+        return 0
+
+    from safeinfer.writer import atomic_write
+
+    for manifest, numbers in stale.items():
+        lines = manifest.read_bytes().split(b"\n")
+        kept = [line for number, line in enumerate(lines, start=1) if number not in numbers]
+        atomic_write(manifest, b"\n".join(kept), if_exists="replace", durability="full")
+        logger.info("removed %d stale lines from %s", len(numbers), manifest.name)
+    return sum(len(numbers) for numbers in stale.values())
 
 
 def _same_params(item: Item, entry: ManifestEntry) -> bool:

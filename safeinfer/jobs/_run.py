@@ -1,7 +1,7 @@
 """Run items in this process: call the pipeline, write the images, record the manifest.
 
 This is the unit that every engine shares. The local engine feeds an :class:`ItemRunner`
-inside each worker process; a torchrun rank or a Ray actor calls :func:`run_items` on its
+inside each worker process. A torchrun rank or a Ray actor calls :func:`run_items` on its
 own share of the items.
 """
 
@@ -26,7 +26,7 @@ DEFAULT_RETRIES: Final = 2
 
 @dataclass(frozen=True)
 class ItemOutcome:
-    """How one item ended: its manifest entry when written, else the last error."""
+    """The end of one item: its manifest entry when written, else its last error."""
 
     item_id: str
     attempts: int
@@ -52,7 +52,7 @@ class ItemRunner:
     for good.
 
     The files of the last call may still be in the writer pool when :meth:`run`
-    returns; call :meth:`flush` before waiting for more work, and before exiting.
+    returns. Call :meth:`flush` before waiting for more work, and before exiting.
     """
 
     def __init__(

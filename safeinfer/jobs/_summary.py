@@ -14,7 +14,7 @@ LISTED_FAILURES: Final = 10
 
 @dataclass(frozen=True)
 class JobSummary:
-    """What a generate job did.
+    """The outcome of a generate job.
 
     ``total`` counts the job's items, ``skipped`` those finished by an earlier run
     (``resume``), ``written`` the images made in this run, ``failed`` maps item ids to

@@ -47,7 +47,7 @@ class WorkerSlot:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """What every worker of a job needs; picklable, sent to each worker at start."""
+    """The settings every worker of a job needs, sent (pickled) to each worker at start."""
 
     model: str
     root: Path
@@ -184,7 +184,7 @@ def _load(config: WorkerConfig, device: str) -> Any:
         local_files_only=config.local_files_only,
         scheduler=config.scheduler,
         # Item names are fixed, so a file at the name is an earlier attempt of the same
-        # item that died before its manifest line; replacing it keeps one file per item.
+        # item that died before its manifest line. Replacing it keeps one file per item.
         if_exists="replace",
     )
     pipeline.pipe.set_progress_bar_config(disable=True)
