@@ -39,6 +39,8 @@ def place_pipeline(pipe: Any, device: str) -> str:
             raise ConfigError(
                 f"invalid device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'"
             ) from error
+    # NOTE: the suite runs on CPU-only machines, so the CUDA branches here and the CUDA
+    # generators that SafePipeline then creates have not run in its tests.
     if target != current:
         logger.info("moving %s from %s to %s", type(pipe).__name__, current, target)
         pipe.to(target)
