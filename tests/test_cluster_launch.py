@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 SBATCH = REPO / "examples" / "slurm.sbatch"
+TORCHRUN_EXAMPLE = REPO / "examples" / "torchrun.sh"
 PROMPTS = [f"a handwritten number {index}" for index in range(10)]
 #: Options every run shares, so all runs make the same bytes: the same model, steps,
 #: seed and thread count.
@@ -93,9 +94,9 @@ def _generate_args(prompts: Path, out: Path, *extra: str) -> list[str]:
     return [*command, *JOB_OPTIONS, *extra]
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
+def _run(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=REPO
+        command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=REPO, env=env
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
@@ -121,9 +122,17 @@ def clean_run(
     item_ids: list[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, dict[str, bytes], str]:
-    """Run the job once under torchrun; return the output, its files by item, and stdout."""
+    """Run the job once with the torchrun example; return the output, its files, stdout."""
     out = tmp_path_factory.mktemp("torchrun") / "out"
-    result = _run(_torchrun(netns, *_generate_args(prompts_file, out)))
+    env = {
+        **os.environ,
+        "NPROC_PER_NODE": "2",
+        "MASTER_PORT": str(_free_port()),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    options = ["--no-progress", *JOB_OPTIONS]
+    command = [*netns, "bash", str(TORCHRUN_EXAMPLE), str(prompts_file), str(out), *options]
+    result = _run(command, env)
     return out, assert_job_consistent(out, item_ids), result.stdout
 
 

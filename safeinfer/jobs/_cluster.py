@@ -1,4 +1,4 @@
-"""Which engine runs a job: local worker processes, one launcher rank, or Ray actors."""
+"""The choice of engine for a job: local worker processes, one launcher rank, or Ray actors."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ ENGINES: Final = ("local", "ray")
 
 
 class Engine(Protocol):
-    """What ``generate`` needs from an engine."""
+    """The interface ``generate`` uses to run an engine."""
 
     def run(self) -> EngineResult:
         """Run the items and return what was made."""

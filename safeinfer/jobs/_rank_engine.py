@@ -143,9 +143,9 @@ def gather_summary(summary: JobSummary, ranks: RankInfo) -> JobSummary:
     """Return the whole job's summary when a process group exists, else this rank's own.
 
     With ``torch.distributed`` initialised, every rank sends its summary to every other
-    (an all-gather, which waits for all ranks like a barrier) and returns the merged
-    one; rank 0 logs it. Without a process group the ranks cannot meet, so each returns
-    and reports its own share.
+    one in an all-gather, which waits for all ranks like a barrier. Each rank returns the
+    merged summary, and rank 0 logs it. Without a process group the ranks cannot meet,
+    so each returns and reports its own share.
     """
     distributed = process_group()
     if distributed is None:

@@ -1,7 +1,7 @@
 """Ranks under torchrun, Accelerate, SLURM and MPI: who this process is, and its share.
 
-A launcher starts the same command once per rank and tells each copy its global rank
-and the world size through environment variables. The job reads them here, runs as one
+A launcher starts the same command once per rank and passes each copy its global rank
+and the world size in environment variables. The job reads them here, runs as one
 worker of its share, and never starts child processes of its own.
 
 The global rank numbers processes across every node, so it never picks a GPU. The GPU
@@ -46,7 +46,7 @@ class Launcher:
 
 
 #: Launchers in priority order. The innermost launcher comes first: torchrun started by
-#: srun sees both sets of variables, and only torchrun's describe its own processes.
+#: srun inherits both sets of variables, and only torchrun's describe its own processes.
 #: MPI comes before SLURM because mpirun in a batch script inherits the batch step's
 #: ``SLURM_*`` variables, which describe the script and not the MPI ranks.
 LAUNCHERS: Final = (
@@ -168,7 +168,7 @@ def gpu_request(ranks: RankInfo, env: Mapping[str, str] | None = None) -> int | 
     None lets ``bind_gpu`` follow its own rules: ``SAFEINFER_GPU`` when set, else the
     first local-rank variable it finds, which is this launcher's own in every usual
     launch. When another launcher's local rank comes first there (mpirun in a SLURM
-    batch script sees the script's ``SLURM_LOCALID=0`` in every rank), this returns the
+    batch script passes the script's ``SLURM_LOCALID=0`` to every rank), this returns the
     launcher's local rank as an index into the visible GPUs, so the ranks of a node do
     not all land on the same GPU.
 
@@ -189,8 +189,8 @@ def gpu_request(ranks: RankInfo, env: Mapping[str, str] | None = None) -> int | 
 def rank_threads(ranks: RankInfo, threads_per_worker: int | None) -> int:
     """Return the CPU threads of this rank: the option, else a share of this node's cores.
 
-    The cores are shared by the ranks of the node when the launcher says how many there
-    are (torchrun, Open MPI, MPICH). srun binds each task to its own cores, which
+    The cores are shared by the ranks of the node when the launcher sets their number
+    (torchrun, Open MPI, MPICH). srun binds each task to its own cores, which
     :func:`~safeinfer.gpu.available_cores` already sees through the CPU affinity.
     """
     if threads_per_worker is not None:

@@ -173,6 +173,11 @@ class RayEngine:
         started_here = not ray.is_initialized()
         if started_here:
             ray.init(address=self._address)
+        elif self._address is not None:
+            logger.warning(
+                "Ray is already initialised in this process; ignoring ray_address=%r",
+                self._address,
+            )
         try:
             count = self._plan(ray)
             self._remote = ray.remote(RayWorker)
@@ -209,7 +214,7 @@ class RayEngine:
 
     @staticmethod
     def _cpu_share(ray: Any, resources: dict[str, float], count: int) -> int:
-        # An actor that asks for more CPUs than any one node has is never scheduled, and
+        # An actor that requests more CPUs than any one node has is never scheduled, and
         # the job would wait for it forever.
         largest_node = max(
             (node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")),
