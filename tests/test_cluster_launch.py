@@ -17,11 +17,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from generate_checks import assert_job_consistent
+from process_tree import descendants
 
 from safeinfer.jobs import make_items, read_prompts, shard
 from safeinfer.manifest import read_manifests
@@ -149,26 +149,8 @@ def test_torchrun_each_item_once(
     assert "workers: rank1 on cpu" in stdout
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _descendants(pid: int) -> Iterator[int]:
-    for child in _children(pid):
-        yield child
-        yield from _descendants(child)
-
-
 def _rank_pid(launcher_pid: int, rank: int) -> int | None:
-    for pid in _descendants(launcher_pid):
+    for pid in descendants(launcher_pid):
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from generate_checks import assert_job_consistent, png_files
+from process_tree import command_line, descendants, is_alive
 
 import safeinfer
 from safeinfer.jobs import make_items, read_prompts
@@ -48,41 +49,6 @@ FIRST_LINE_TIMEOUT = 120.0
 #: The LISTEN state in /proc/net/tcp, and 127.0.0.1 as IPv4 and IPv4-mapped IPv6 there.
 LISTEN_STATE = "0A"
 LOOPBACK_HEX = ("0100007F", "0000000000000000FFFF00000100007F")
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for child in _children(pid):
-        found.append(child)
-        found.extend(_descendants(child))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def _listening_addresses(pids: list[int]) -> dict[str, int]:
@@ -124,12 +90,12 @@ def ray_cluster() -> Iterator[str]:
         try:
             yield context.address_info["gcs_address"]
         finally:
-            started = _descendants(os.getpid())
+            started = descendants(os.getpid())
             ray.shutdown()
             deadline = time.monotonic() + SHUTDOWN_TIMEOUT
-            while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+            while any(is_alive(pid) for pid in started) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            left = {pid: _command_line(pid) for pid in started if _alive(pid)}
+            left = {pid: command_line(pid) for pid in started if is_alive(pid)}
             assert left == {}, f"Ray processes left after shutdown: {left}"
 
 
@@ -187,11 +153,11 @@ def test_ray_resume_remakes_missing_files(
 
 
 def test_ray_listens_on_loopback_only(ray_run: tuple[Path, safeinfer.jobs.JobSummary]) -> None:
-    listeners = _listening_addresses([*_descendants(os.getpid()), os.getpid()])
+    listeners = _listening_addresses([*descendants(os.getpid()), os.getpid()])
 
     assert listeners, "no Ray listener found"
     outside = {
-        address: _command_line(pid)
+        address: command_line(pid)
         for address, pid in listeners.items()
         if address.rsplit(":", 1)[0] not in LOOPBACK_HEX
     }
@@ -200,7 +166,7 @@ def test_ray_listens_on_loopback_only(ray_run: tuple[Path, safeinfer.jobs.JobSum
 
 def _ray_worker_pids() -> list[int]:
     return [
-        pid for pid in _descendants(os.getpid()) if _command_line(pid).startswith("ray::RayWorker")
+        pid for pid in descendants(os.getpid()) if command_line(pid).startswith("ray::RayWorker")
     ]
 
 
