@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,14 +74,14 @@ def item_ids() -> list[str]:
     return [item.id for item in make_items(read_prompts(PROMPTS), seed=11)]
 
 
-def _torchrun(netns: list[str], *args: str) -> list[str]:
+def _torchrun(netns: list[str], *args: str, ranks: int = 2) -> list[str]:
     return [
         *netns,
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc-per-node",
-        "2",
+        str(ranks),
         "--master-addr",
         "127.0.0.1",
         "--master-port",
@@ -338,3 +339,35 @@ def test_process_group_summary_from_all_ranks(
         assert report["workers"] == ["rank0", "rank1"]
         assert report["manifests"] == ["manifest-rank0.jsonl", "manifest-rank1.jsonl"]
     assert_job_consistent(out, item_ids)
+
+
+@pytest.mark.stress
+def test_resume_with_more_ranks(
+    netns: list[str],
+    prompts_file: Path,
+    item_ids: list[str],
+    clean_run: tuple[Path, dict[str, bytes], str],
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(clean_run[0], out)
+    # Leave the state of a job stopped before three items: no file and no manifest line.
+    forgotten = {item_ids[1], item_ids[4], item_ids[8]}
+    for manifest in out.glob("manifest*.jsonl"):
+        lines = manifest.read_bytes().splitlines(keepends=True)
+        kept = [line for line in lines if json.loads(line)["item"] not in forgotten]
+        manifest.write_bytes(b"".join(kept))
+    for entry in read_manifests(clean_run[0]):
+        if entry.fields["item"] in forgotten:
+            (out / entry.path).unlink()
+
+    _run(_torchrun(netns, *_generate_args(prompts_file, out, "--resume"), ranks=3))
+
+    contents = assert_job_consistent(out, item_ids)
+    assert contents == clean_run[1]
+    remade = {
+        entry.fields["item"]
+        for entry in read_manifests(out)
+        if entry.manifest.name == "manifest-rank2.jsonl"
+    }
+    assert remade == {item_id for item_id in forgotten if item_ids.index(item_id) % 3 == 2}
