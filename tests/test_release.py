@@ -210,7 +210,7 @@ def test_installed_wheel_generates(fresh_venv: Path, tmp_path: Path) -> None:
     assert list((tmp_path / "outputs").glob("manifest*.jsonl"))
 
     verify = subprocess.run(
-        [str(command), "verify", "outputs", "--manifest"],
+        [str(command), "verify", "--manifest", "outputs"],
         capture_output=True,
         text=True,
         env=_clean_env(),
