@@ -225,7 +225,8 @@ def _expand_one(item: Any) -> list[Any]:
         return list(read_manifest(item.path))  # an open Manifest
     if hasattr(item, "manifests") and hasattr(item, "out"):
         # The summary of a generate job: its manifests are named relative to its output root.
-        return list(read_manifests([Path(item.out) / name for name in item.manifests]))
+        manifests = [Path(item.out) / name for name in item.manifests]
+        return list(read_manifests([path for path in manifests if path.exists()]))
     return [item]
 
 

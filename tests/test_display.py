@@ -184,9 +184,30 @@ def test_job_summary_shows_its_images(tmp_path: Path) -> None:
     )
 
     grid = show_grid(summary)
+    markup = summary._repr_html_()
 
     assert sorted(cell.path for cell in grid.cells) == sorted(result.path for result in results)
     assert "job prompt 1" in grid._repr_html_()
+    assert "3 images written" in markup
+    assert markup.count("<figure") == 3
+
+
+def test_job_summary_without_manifest(tmp_path: Path) -> None:
+    summary = JobSummary(
+        out=tmp_path,
+        total=1,
+        skipped=0,
+        written=0,
+        failed={"000000-00": "worker died"},
+        not_started=0,
+        seconds=1.0,
+        manifests=["manifest-cpu0.jsonl"],
+    )
+
+    markup = summary._repr_html_()
+
+    assert "failed 000000-00: worker died" in markup
+    assert "<figure" not in markup
 
 
 def test_plain_paths_take_metadata(tmp_path: Path) -> None:

@@ -43,6 +43,14 @@ class JobSummary:
         """Whether every item is done: nothing failed and nothing was left."""
         return not self.failed and self.not_started == 0
 
+    def _repr_html_(self) -> str:
+        # Jupyter shows the summary text above a grid of the images the manifests record.
+        import html
+
+        from safeinfer._display import show_grid
+
+        return f"<pre>{html.escape(self.format())}</pre>" + show_grid(self)._repr_html_()
+
     def format(self) -> str:
         """Return the summary as a few lines of text for the terminal or a log.
 
