@@ -38,7 +38,7 @@ from safeinfer.errors import (
 )
 
 if TYPE_CHECKING:
-    from safeinfer._display import show_grid
+    from safeinfer._display import show_grid, show_reports
     from safeinfer.gpu import GpuBinding, bind_gpu, claim_gpu
     from safeinfer.jobs import generate
     from safeinfer.locks import mutex
@@ -75,6 +75,7 @@ _LAZY: dict[str, str] = {
     "SafePipeline": "safeinfer.pipeline",
     "generate": "safeinfer.jobs",
     "show_grid": "safeinfer._display",
+    "show_reports": "safeinfer._display",
 }
 
 __all__ = [
@@ -116,6 +117,7 @@ __all__ = [
     "save_png",
     "scan",
     "show_grid",
+    "show_reports",
     "verify_png",
 ]
 

@@ -1,11 +1,14 @@
-"""Inline image grids for Jupyter, with the prompt, seed and path of every image.
+"""Inline image grids and report tables for Jupyter.
 
 :func:`show_grid` takes any list of outputs (paths, :class:`~safeinfer.writer.WriteResult`
-objects, pipeline results, or a directory) and returns an :class:`ImageGrid`, which
-Jupyter renders as HTML with base64 PNG thumbnails. Nothing is written to disk.
+objects, pipeline results, manifests, or a directory) and returns an :class:`ImageGrid`,
+which Jupyter renders as HTML with base64 PNG thumbnails and their prompt, seed and path.
+:func:`show_reports` turns the reports of :func:`~safeinfer.png.scan` into one table.
+Nothing is written to disk.
 
 >>> import safeinfer
 >>> safeinfer.show_grid(results, columns=4)                  # doctest: +SKIP
+>>> safeinfer.show_reports(safeinfer.scan("outputs/"))       # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,17 +21,23 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from safeinfer.errors import PngError
+
+if TYPE_CHECKING:
+    from safeinfer.png import PngReport
 
 __all__ = [
     "DEFAULT_COLUMNS",
     "DEFAULT_MAX_IMAGES",
+    "DEFAULT_MAX_ROWS",
     "DEFAULT_THUMBNAIL_PIXELS",
     "GridCell",
     "ImageGrid",
+    "ReportTable",
     "show_grid",
+    "show_reports",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +52,9 @@ DEFAULT_THUMBNAIL_PIXELS: Final = 256
 #: Maximum number of images in one grid. Every thumbnail is stored in the notebook file,
 #: and a browser slows down long before a grid of a whole output tree is complete.
 DEFAULT_MAX_IMAGES: Final = 100
+
+#: Maximum number of rows in one report table, for the same reason.
+DEFAULT_MAX_ROWS: Final = 500
 
 #: File suffixes that a directory argument expands to.
 IMAGE_SUFFIXES: Final = frozenset({".png", ".jpg", ".jpeg", ".webp"})
@@ -309,3 +321,80 @@ def _thumbnail(path: Path, thumbnail_pixels: int) -> tuple[bytes, bool]:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
     return buffer.getvalue(), upscaled
+
+
+class ReportTable:
+    """PNG reports as one table that Jupyter shows inline. Build it with :func:`show_reports`."""
+
+    def __init__(self, reports: Iterable[PngReport], *, checked: int, failed: int) -> None:
+        self.reports: tuple[PngReport, ...] = tuple(reports)
+        #: Files checked, including those left out of the table.
+        self.checked = checked
+        #: Files with at least one problem, including those left out of the table.
+        self.failed = failed
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def __repr__(self) -> str:
+        return f"ReportTable({self.checked} files, {self.failed} with problems)"
+
+    def _repr_html_(self) -> str:
+        ok = self.checked - self.failed
+        heading = f"<p><b>{self.checked} files</b>: {ok} ok, {self.failed} with problems"
+        if len(self.reports) < self.checked:
+            heading += f" ({len(self.reports)} shown)"
+        header = (
+            "<tr><th style='text-align:left'>file</th><th>status</th><th>size</th>"
+            "<th style='text-align:right'>bytes</th><th style='text-align:left'>problem</th></tr>"
+        )
+        rows = "".join(_report_row(report) for report in self.reports)
+        return f"{heading}</p><table>{header}{rows}</table>"
+
+
+def _report_row(report: PngReport) -> str:
+    name = html.escape(report.path if report.path is not None else "<PNG data>")
+    if report.ok:
+        status = "<span style='color:#1a7f37'>ok</span>"
+        problem = ""
+    else:
+        status = f"<span style='color:#cf222e'>{html.escape(report.problems[0].kind)}</span>"
+        problem = html.escape(str(report.problems[0]))
+        if len(report.problems) > 1:
+            problem += f" (and {len(report.problems) - 1} more)"
+    size = ""
+    if report.width is not None and report.height is not None:
+        size = f"{report.width} x {report.height}"
+    return (
+        f"<tr><td style='text-align:left'><code>{name}</code></td><td>{status}</td>"
+        f"<td>{size}</td><td style='text-align:right'>{report.bytes}</td>"
+        f"<td style='text-align:left'>{problem}</td></tr>"
+    )
+
+
+def show_reports(
+    reports: Iterable[PngReport],
+    *,
+    problems_only: bool = False,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> ReportTable:
+    """Show PNG reports (from :func:`~safeinfer.png.scan` or a list) as one table in Jupyter.
+
+    Each row shows the file, ``ok`` or the kind of its first problem, the image size, the
+    bytes read and the first problem's message. The heading counts every report, also
+    those left out: with ``problems_only`` the table lists failed files only, and at most
+    ``max_rows`` rows are listed. A single :class:`~safeinfer.png.PngReport` also renders
+    on its own, as a detailed table of that file.
+
+    >>> safeinfer.show_reports(safeinfer.scan("outputs/"), problems_only=True)  # doctest: +SKIP
+    """
+    if max_rows < 0:
+        raise ValueError(f"invalid max_rows {max_rows}: must be 0 or more")
+    shown: list[PngReport] = []
+    checked = failed = 0
+    for report in reports:
+        checked += 1
+        failed += not report.ok
+        if len(shown) < max_rows and not (problems_only and report.ok):
+            shown.append(report)
+    return ReportTable(shown, checked=checked, failed=failed)

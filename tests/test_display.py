@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import safeinfer
-from safeinfer._display import DEFAULT_THUMBNAIL_PIXELS, ImageGrid, show_grid
+from safeinfer._display import DEFAULT_THUMBNAIL_PIXELS, ImageGrid, show_grid, show_reports
 from safeinfer.jobs import JobSummary
 from safeinfer.manifest import Manifest, read_manifest
 
@@ -286,3 +286,52 @@ def test_png_report_renders_table(tmp_path: Path) -> None:
     assert "ok" in good_markup
     assert "problem" in broken_markup
     assert html.escape(str(broken)) in broken_markup
+
+
+def _scanned_tree(root: Path) -> list[safeinfer.PngReport]:
+    """Scan two good files and one truncated file, in this process."""
+    good = [_save(root, value) for value in (1, 2)]
+    (root / "zz-truncated.png").write_bytes(good[0].path.read_bytes()[:-20])
+    return list(safeinfer.scan(root, jobs=1))
+
+
+def test_report_table_lists_scan(tmp_path: Path) -> None:
+    reports = _scanned_tree(tmp_path)
+
+    table = show_reports(reports)
+    markup = table._repr_html_()
+
+    assert len(table) == 3
+    assert repr(table) == "ReportTable(3 files, 1 with problems)"
+    assert "<b>3 files</b>: 2 ok, 1 with problems" in markup
+    assert markup.count("<tr>") == 4
+    assert "zz-truncated.png" in markup
+    assert "32 x 48" not in markup
+    assert "48 x 32" in markup
+    broken = next(report for report in reports if not report.ok)
+    assert html.escape(str(broken.problems[0])) in markup
+
+
+def test_report_table_problems_only(tmp_path: Path) -> None:
+    reports = _scanned_tree(tmp_path)
+
+    table = show_reports(iter(reports), problems_only=True)
+    limited = show_reports(reports, max_rows=1)
+
+    assert [report.ok for report in table.reports] == [False]
+    assert "3 files</b>: 2 ok, 1 with problems (1 shown)" in table._repr_html_()
+    assert len(limited) == 1
+    assert limited.checked == 3
+    with pytest.raises(ValueError, match="max_rows"):
+        show_reports(reports, max_rows=-1)
+
+
+def test_report_table_escapes_paths(tmp_path: Path) -> None:
+    directory = tmp_path / "<b>odd & name<b>"
+    directory.mkdir()
+    reports = _scanned_tree(directory)
+
+    markup = show_reports(reports)._repr_html_()
+
+    assert "<b>odd" not in markup
+    assert "&lt;b&gt;odd &amp; name&lt;b&gt;" in markup

@@ -127,10 +127,13 @@ def test_notebook_progress_is_widget(executed: tuple[Any, Path]) -> None:
     assert widget_outputs, "generation showed no notebook progress bar (tqdm.auto widget)"
 
 
-def test_notebook_shows_report_table(executed: tuple[Any, Path]) -> None:
+def test_notebook_shows_report_tables(executed: tuple[Any, Path]) -> None:
     notebook, _ = executed
     verify_cell = _cell_containing(notebook, "safeinfer.verify_png(")
     (markup,) = _html_outputs(verify_cell)
+    scan_cell = _cell_containing(notebook, "safeinfer.show_reports(")
+    (scan_markup,) = _html_outputs(scan_cell)
 
     assert "<table>" in markup
     assert "ok" in markup
+    assert "<b>8 files</b>: 8 ok, 0 with problems" in scan_markup
