@@ -201,6 +201,7 @@ class Manifest:
             raise ManifestError(f"invalid manifest entry for {self.path}: {error}") from error
         data = line.encode("utf-8") + b"\n"
         try:
+            self._reopen_if_removed()
             # One write() per line: with O_APPEND this is what keeps lines of several
             # processes from interleaving.
             written = os.write(self._fd, data)
@@ -216,6 +217,16 @@ class Manifest:
                 "bytes; the device is probably full",
                 path=str(self.path),
             )
+
+    def _reopen_if_removed(self) -> None:
+        # Lines appended to a manifest that was removed (with its directory, say) go to
+        # an unlinked file and vanish with it; a new manifest at the same path keeps them.
+        if os.fstat(self._fd).st_nlink > 0:
+            return
+        logger.warning("manifest %s was removed; creating it again", self.path)
+        old, self._fd = self._fd, -1
+        os.close(old)
+        self._fd = self._open()
 
     def record(self, result: WriteResult, **fields: Any) -> dict[str, Any]:
         """Append a line for a published file and return the entry that was written.
