@@ -8,6 +8,7 @@ small sites with a deliberately broken link, anchor or API reference must fail.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -165,14 +166,23 @@ def _build_small_site(
         (docs / name).parent.mkdir(parents=True, exist_ok=True)
         (docs / name).write_text(text, encoding="utf-8")
 
-    config: dict[str, Any] = yaml.safe_load(MKDOCS_YML.read_text(encoding="utf-8"))
+    # The one MkDocs-specific YAML tag names the config's directory; safe_load cannot read
+    # it, so spell that directory out.
+    config_text = MKDOCS_YML.read_text(encoding="utf-8")
+    config_text = config_text.replace("!relative $config_dir", json.dumps(str(REPO_ROOT)))
+    config: dict[str, Any] = yaml.safe_load(config_text)
     config["docs_dir"] = str(docs)
     config["nav"] = list(pages)
     if keep_hooks:
         config["hooks"] = [str(REPO_ROOT / hook) for hook in config["hooks"]]
     else:
         config.pop("hooks")
-    handler = config["plugins"][2]["mkdocstrings"]["handlers"]["python"]
+    (mkdocstrings,) = [
+        plugin["mkdocstrings"]
+        for plugin in config["plugins"]
+        if isinstance(plugin, dict) and "mkdocstrings" in plugin
+    ]
+    handler = mkdocstrings["handlers"]["python"]
     handler["paths"] = [str(REPO_ROOT), str(sources)]
     handler["options"]["extensions"] = [
         str(REPO_ROOT / extension) for extension in handler["options"]["extensions"]
