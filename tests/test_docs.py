@@ -331,3 +331,36 @@ def test_role_to_missing_object_fails_build(tmp_path: Path) -> None:
     )
     assert completed.returncode != 0
     assert "no_such_helper" in completed.stderr
+
+
+def test_readme_grid_script(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    import safeinfer
+    from safeinfer.manifest import Manifest
+
+    spec = importlib.util.spec_from_file_location(
+        "make_readme_grid", REPO_ROOT / "scripts" / "make_readme_grid.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    out = tmp_path / "outputs"
+    with Manifest(out / "manifest-cpu0.jsonl") as manifest:
+        for value in (0, 100, 200):
+            image = np.full((8, 8, 3), value, dtype=np.uint8)
+            manifest.record(safeinfer.save_png(image, out / "0000"), prompt=str(value))
+    grid_path = tmp_path / "grid.png"
+
+    assert script.main([str(out), str(grid_path), "--columns", "2"]) == 0
+
+    gap = script.GAP
+    with Image.open(grid_path) as grid:
+        assert grid.size == (2 * 8 + 3 * gap, 2 * 8 + 3 * gap)
+        assert grid.getpixel((gap, gap)) == (0, 0, 0)
+        assert grid.getpixel((2 * gap + 8, gap)) == (100, 100, 100)
+        assert grid.getpixel((gap, 2 * gap + 8)) == (200, 200, 200)
+    assert safeinfer.verify_png(REPO_ROOT / "docs" / "images" / "generate-grid.png").ok
