@@ -13,7 +13,13 @@ start-up costs (imports, model loading). The comparisons:
   thread that calls ``image.save(path)`` after each image (target: no slower), and
   against the same loop without saving (target: at most 10 % slower);
 - 2 workers of 1 thread against 1 worker of 1 thread (target: at least 1.8x the
-  throughput) and against 1 worker of 2 threads (target: at least 1.1x).
+  throughput) and against 1 worker of 2 threads (target: at least 1.1x);
+- 2 workers of 1 thread against two bare loops run at once on half the prompts each,
+  which is the most two processes can get from this machine: on cores shared with other
+  programs, that ceiling is below 2x, and the comparison shows the job's own overhead.
+
+Besides wall time, each run reports a steady rate: images per second after every
+process finished its first image, which leaves start-up out.
 
 Rounds are paired and interleaved: every round runs every variant once, in an order that
 rotates from round to round. A ratio is the median of the per-round ratios. Outputs go to
@@ -116,6 +122,34 @@ class Variants:
         path.mkdir()
         return path
 
+    def bare_pair(self) -> Timing:
+        """Run two bare loops (no saving) at once, each on half the prompts."""
+        prompts = [line for line in self.prompts.read_text().splitlines() if line]
+        halves = []
+        for index, share in enumerate((prompts[0::2], prompts[1::2])):
+            path = self.root / f"half-{self.count}-{index}.txt"
+            path.write_text("".join(f"{prompt}\n" for prompt in share))
+            halves.append(path)
+        self.count += 1
+        steps = str(self.steps) if self.steps else ""
+        started = time.perf_counter()
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", BARE_LOOP, self.model_folder, str(half), "", "1", steps],
+                env=thread_env(1),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for half in halves
+        ]
+        outputs = [process.communicate()[0] for process in processes]
+        seconds = time.perf_counter() - started
+        if any(process.returncode != 0 for process in processes):
+            raise RuntimeError("a bare loop of the pair failed")
+        times = {str(index): [float(t) for t in out.split()] for index, out in enumerate(outputs)}
+        return Timing(seconds, steady_rate(times))
+
     def bare(self, *, save: bool) -> Timing:
         out = str(self.fresh("bare")) if save else ""
         steps = str(self.steps) if self.steps else ""
@@ -177,6 +211,7 @@ def run(variants: Variants, rounds: int, images: int) -> None:
     named: dict[str, Callable[[], Timing]] = {
         "bare loop, no save": lambda: variants.bare(save=False),
         "bare loop + image.save": lambda: variants.bare(save=True),
+        "2 bare loops, no save": variants.bare_pair,
         "generate 1x1": lambda: variants.job(workers=1, threads=1),
         "generate 2x1": lambda: variants.job(workers=2, threads=1),
         "generate 1x2": lambda: variants.job(workers=1, threads=2),
@@ -203,6 +238,9 @@ def run(variants: Variants, rounds: int, images: int) -> None:
         steady = statistics.median(b.steady / a.steady for a, b in pairs)
         return wall, steady
 
+    wall, steady = ratios("bare loop, no save", "2 bare loops, no save")
+    print("parallel capacity of this machine: 2 bare loops vs 1 (wall, steady)")
+    print(f"  {wall:.2f}x  {steady:.2f}x  (2.0 on two idle cores)")
     print("time ratios, generate / baseline (lower is better): wall, steady")
     for label, baseline, target in [
         ("1x1 / bare + save", "bare loop + image.save", "<= 1.0"),
@@ -214,6 +252,7 @@ def run(variants: Variants, rounds: int, images: int) -> None:
     for label, baseline, target in [
         ("2x1 vs 1x1", "generate 1x1", ">= 1.8"),
         ("2x1 vs 1x2", "generate 1x2", ">= 1.1"),
+        ("2x1 vs 2 bare loops", "2 bare loops, no save", "about 1.0"),
     ]:
         wall, steady = ratios(baseline, "generate 2x1")
         print(f"  {label:22s} {wall:.2f}x  {steady:.2f}x  (target {target})")

@@ -191,7 +191,7 @@ def generate(
     if result is not None and result.fatal is not None:
         from safeinfer.errors import ModelError
 
-        raise ModelError(f"cannot load model {config.model!r}: {result.fatal}")
+        raise ModelError(f"cannot start workers with model {config.model!r}: {result.fatal}")
     _raise_unless_ok(summary)
     return summary
 

@@ -215,7 +215,9 @@ class LocalEngine:
         self._connections.pop(name, None)
         self._ready.discard(name)
         if code == EXIT_FATAL and self._result.fatal is None:
-            self._result.fatal = f"worker {name} could not load the model (exit code {code})"
+            self._result.fatal = (
+                f"worker {name} could not bind its GPU or load the model (exit code {code})"
+            )
         held = [item for batch in self._in_flight[name] for item in batch]
         self._in_flight[name] = []
         if not held:

@@ -27,7 +27,8 @@ __all__ = ["EXIT_FATAL", "EXIT_STOPPED", "WorkerConfig", "WorkerSlot", "worker_m
 
 logger = logging.getLogger(__name__)
 
-#: Exit code of a worker that could not load the model; restarting it cannot help.
+#: Exit code of a worker that could not bind its GPU or load the model; restarting it
+#: cannot help.
 EXIT_FATAL: Final = 3
 #: Exit code of a worker stopped by SIGTERM. Non-zero, so a worker stopped from outside
 #: the job (not by the parent) is restarted.
@@ -87,11 +88,13 @@ def worker_main(config: WorkerConfig, slot: WorkerSlot, conn: Connection) -> Non
     stop = _StopHandler()
     signal.signal(signal.SIGTERM, stop)
     _log_to_stderr(config.log_level, slot.name)
-    device = _bind(slot)
     try:
+        device = _bind(slot)
         pipeline = _load(config, device)
     except Exception as error:
-        logger.error("worker %s: cannot load model %s: %s", slot.name, config.model, error)
+        # A wrong GPU id or a model that cannot load fails the same way on every
+        # restart, so the worker reports it and the parent stops the job.
+        logger.error("worker %s: cannot start with model %s: %s", slot.name, config.model, error)
         conn.send(("fatal", f"{type(error).__name__}: {error}"))
         conn.close()
         sys.exit(EXIT_FATAL)
@@ -177,12 +180,14 @@ def _bind(slot: WorkerSlot) -> str:
 
 def _load(config: WorkerConfig, device: str) -> Any:
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     from safeinfer.pipeline import SafePipeline
 
     # The job shows one progress bar for all workers; per-step and loading bars from
     # every worker would interleave with it on the same terminal.
     diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     pipeline = SafePipeline.from_pretrained(
         config.model,
         output_dir=config.root,
