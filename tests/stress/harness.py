@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -296,6 +297,23 @@ def tree_snapshot(root: Path, *, skip: Sequence[Path] = ()) -> set[str]:
     return entries
 
 
+def read_regular(path: Path) -> bytes | None:
+    """Return the bytes of ``path`` if it is a regular file; None for a FIFO, link or folder.
+
+    The file is opened without following links and without blocking, so a planted FIFO
+    or link cannot stall or redirect the test itself.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return file.read()
+
+
 def sha256_of(path: Path) -> str:
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
@@ -364,11 +382,13 @@ class Watcher:
             try:
                 info = path.stat()
                 key = (str(path), info.st_ino, info.st_mtime_ns)
-                if key in self._seen:
-                    continue
-                data = path.read_bytes()
             except OSError:
-                continue  # replaced or removed between the listing and the read
+                continue  # replaced or removed between the listing and the stat
+            if key in self._seen:
+                continue
+            data = read_regular(path)
+            if data is None:
+                continue  # not a regular file (yet): a planted entry, or gone
             self._seen.add(key)
             self._ledger.keep(path, data)
 
@@ -392,7 +412,9 @@ def check_at_rest(root: Path, ledger: Ledger) -> list[ManifestEntry]:
         assert digest == entry.sha256, f"recorded SHA-256 differs: {entry.path}"
         ledger.recorded.setdefault(str(entry.fields["item"]), (entry.path, entry.sha256))
     for path in published_files(root):
-        ledger.keep(path, path.read_bytes())
+        data = read_regular(path)
+        assert data is not None, f"a published name is not a regular file: {path}"
+        ledger.keep(path, data)
     assert ledger.partial == [], f"invalid files were published: {ledger.partial}"
     return entries
 
