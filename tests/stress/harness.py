@@ -35,6 +35,8 @@ COMMAND_TIMEOUT: Final = 300.0
 #: Seconds that the processes of a killed job get to exit on their own. Workers notice
 #: a dead parent when their pipe closes, after the batch they are making.
 ORPHAN_TIMEOUT: Final = 90.0
+#: Seconds that a finished command's leftover processes get to exit before they count.
+LEFTOVER_GRACE: Final = 15.0
 #: Seconds between two looks of the watcher at the output tree while a job runs.
 WATCH_INTERVAL: Final = 0.2
 
@@ -238,7 +240,9 @@ class Commands:
         for command in self.started:
             if command.process.poll() is None:
                 leftovers.append(command.pid)
-            members = session_members(command.pid)
+            # Helpers such as multiprocessing's resource tracker exit just after the
+            # command; only what is still there after a grace period counts.
+            members = wait_session_gone(command.pid, timeout=LEFTOVER_GRACE)
             leftovers.extend(members)
             command.kill_session()
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -80,6 +80,7 @@ def _run_full_disk(
     tally: Counter[str],
     *,
     use_mount: bool,
+    workers: int = 1,
 ) -> None:
     prompts = write_prompts(tmp_path / "prompts.txt", storm_prompts(ITEMS))
     ids = expected_ids(prompts)
@@ -88,7 +89,7 @@ def _run_full_disk(
         with tmpfs(tmp_path / "fs", TMPFS_SIZE) as root:
             out = root / "out"
             filler = _fill(root, ROOM_BYTES)
-            job = commands.generate(prompts, out, model=model_args, workers=2)
+            job = commands.generate(prompts, out, model=model_args, workers=workers)
             with Watcher(out, ledger):
                 code, stdout, stderr = job.finish()
             failed = _check_failed_run(code, stdout, stderr, ids, "no space left")
@@ -96,7 +97,7 @@ def _run_full_disk(
             tally["faults: disk full (tmpfs)"] += 1
 
             filler.unlink()
-            job = commands.generate(prompts, out, model=model_args, workers=2, resume=True)
+            job = commands.generate(prompts, out, model=model_args, workers=workers, resume=True)
             with Watcher(out, ledger):
                 code, stdout, stderr = job.finish()
             assert code == 0, stderr[-3000:]
@@ -107,7 +108,9 @@ def _run_full_disk(
         return
 
     out = tmp_path / "out"
-    job = commands.generate(prompts, out, model=model_args, workers=2, preexec_fn=_limit_file_size)
+    job = commands.generate(
+        prompts, out, model=model_args, workers=workers, preexec_fn=_limit_file_size
+    )
     with Watcher(out, ledger):
         code, stdout, stderr = job.finish()
     failed = _check_failed_run(code, stdout, stderr, ids, "too large")
@@ -117,7 +120,7 @@ def _run_full_disk(
     assert temp_files(out) == []
     tally["faults: disk full (file-size limit)"] += 1
 
-    job = commands.generate(prompts, out, model=model_args, workers=2, resume=True)
+    job = commands.generate(prompts, out, model=model_args, workers=workers, resume=True)
     code, _, stderr = job.finish()
     assert code == 0, stderr[-3000:]
     code, _, stderr = commands.run(["clean", str(out)])
@@ -137,7 +140,7 @@ def test_disk_full_then_resume(
 
 @pytest.mark.stress
 @pytest.mark.parametrize("use_mount", [True, False], ids=["tmpfs", "file-size-limit"])
-@pytest.mark.parametrize("round_", range(3))
+@pytest.mark.parametrize("round_", range(2))
 def test_disk_full_rounds(
     tmp_path: Path,
     commands: Commands,
@@ -149,4 +152,4 @@ def test_disk_full_rounds(
 ) -> None:
     if use_mount and not mount_allowed:
         pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN")
-    _run_full_disk(tmp_path, commands, model_args, tally, use_mount=use_mount)
+    _run_full_disk(tmp_path, commands, model_args, tally, use_mount=use_mount, workers=2)

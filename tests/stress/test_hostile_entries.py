@@ -94,7 +94,7 @@ def test_planted_links_and_fifo_are_replaced(
     before = _outside_tree(outside)
     ledger = Ledger(tmp_path / "published")
 
-    job = commands.generate(prompts, out, model=model_args, workers=2)
+    job = commands.generate(prompts, out, model=model_args)
     with Watcher(out, ledger):
         code, stdout, stderr = job.finish(HOSTILE_TIMEOUT)
 
@@ -218,7 +218,7 @@ def test_default_lock_dir_planted_as_link_is_rejected(tmp_path: Path, tally: Cou
 
 
 @pytest.mark.stress
-@pytest.mark.parametrize("round_", range(3))
+@pytest.mark.parametrize("round_", range(2))
 def test_planted_entries_rounds(
     tmp_path: Path,
     commands: Commands,
