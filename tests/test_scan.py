@@ -86,7 +86,10 @@ def test_scan_with_thread_running_uses_forkserver(tree: Path) -> None:
         stop.set()
         waiter.join()
     assert [r.ok for r in reports] == [True, True, False, False]
-    assert start_method() == "fork"
+    # Earlier tests in the same session may leave daemon threads behind, so the method
+    # after the waiter stops depends on what else still runs.
+    expected = "fork" if threading.active_count() == 1 else "forkserver"
+    assert start_method() == expected
 
 
 def test_scan_from_script_without_main_guard(tree: Path) -> None:
