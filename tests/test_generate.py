@@ -42,8 +42,9 @@ def test_same_bytes_across_workers_and_batches(tmp_path: Path) -> None:
     names_one = sorted(path.relative_to(tmp_path / "one") for path in png_files(tmp_path / "one"))
     names_two = sorted(path.relative_to(tmp_path / "two") for path in png_files(tmp_path / "two"))
     assert names_one == names_two
+    # Which worker makes which batch depends on timing; each item is recorded once.
     workers_used = {entry.fields["worker"] for entry in read_manifests(tmp_path / "two")}
-    assert workers_used == {"cpu0", "cpu1"}
+    assert workers_used <= {"cpu0", "cpu1"}
 
 
 def test_saved_pipeline_folder(tmp_path: Path) -> None:
@@ -103,6 +104,16 @@ def test_unknown_model_name(tmp_path: Path) -> None:
         safeinfer.generate(["7"], tmp_path / "out", model="no such model", progress=False)
 
     assert not (tmp_path / "out").exists()
+
+
+def test_model_that_cannot_load_stops_job(tmp_path: Path) -> None:
+    # A Hub id that is not in the cache fails in the worker, on every restart alike.
+    with pytest.raises(ModelError, match="cannot start workers with model 'nobody/no-model'"):
+        safeinfer.generate(
+            ["7"], tmp_path / "out", model="nobody/no-model", local_files_only=True, progress=False
+        )
+
+    assert png_files(tmp_path / "out") == []
 
 
 def test_unwritable_output_directory(tmp_path: Path) -> None:

@@ -74,6 +74,7 @@ class LocalEngine:
         self._stop_timeout = stop_timeout
         self._context = multiprocessing.get_context("spawn")
         self._queue: deque[Item] = deque(items)
+        self._total = len(items)
         self._in_flight: dict[str, list[list[Item]]] = {slot.name: [] for slot in slots}
         self._connections: dict[str, Connection] = {}
         self._ready: set[str] = set()
@@ -96,6 +97,9 @@ class LocalEngine:
             if supervisor.stop_requested is None and self._result.fatal is None:
                 self._finish(supervisor)
             supervisor.stop()
+        finished = len(self._result.done) + len(self._result.failed)
+        if finished < self._total:
+            # A signal that arrives after the last item was recorded interrupts nothing.
             self._result.interrupted = supervisor.stop_requested
         for connection in self._connections.values():
             connection.close()
