@@ -25,9 +25,22 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def stress(session: nox.Session) -> None:
-    """Run the long crash and fault suite (at least 100 kills; about half an hour)."""
+    """Run the long crash and fault suite (at least 100 kills; about half an hour).
+
+    Set SAFEINFER_STRESS_SUMMARY to a file path to get the run's figures as JSON.
+    """
     _install(session)
-    session.run("python", "-m", "pytest", "-m", "stress", "-p", "no:randomly", *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "stress",
+        "-p",
+        "no:randomly",
+        "--durations=10",
+        *session.posargs,
+    )
 
 
 @nox.session

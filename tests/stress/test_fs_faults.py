@@ -35,6 +35,9 @@ from stress.harness import (
 
 #: Items of the job: enough that it is still running when each fault comes.
 ITEMS = 200
+#: Files a worker may have between publishing and recording, which a removal of the
+#: tree can catch halfway: the one it records and the next one being written.
+RACE_WINDOW = 2
 #: Seconds the test waits for the job to record its first images.
 START_TIMEOUT = 180.0
 
@@ -60,6 +63,8 @@ class FaultJob:
     out: Path
     ledger: Ledger
     runs: int = 0
+    #: Set once files were removed under the job, which can leave repeated lines.
+    repeats: bool = False
 
     def start(self, after: int) -> Command:
         """Start a run and return once it recorded ``after`` more images."""
@@ -82,7 +87,7 @@ class FaultJob:
         assert code == 0, stderr[-3000:]
         code, _, stderr = self.commands.run(["clean", str(self.out)])
         assert code == 0, stderr
-        check_complete(self.out, expected_ids(self.prompts), self.ledger)
+        check_complete(self.out, expected_ids(self.prompts), self.ledger, repeats=self.repeats)
 
 
 @pytest.fixture
@@ -143,11 +148,14 @@ def removed_mid_job(job: FaultJob, after: int) -> None:
     assert code == 0, stderr[-3000:]
     # What the job wrote after the removal must be recorded in a manifest on disk, not
     # in the removed one: every published file is listed, and every listed file matches.
-    entries = check_at_rest(job.out, job.ledger)
+    # Only the files in flight while rmtree ran may differ: published before and
+    # recorded after it (the line names a removed file), or the other way round.
+    entries = check_at_rest(job.out, job.ledger, repeats=True, missing=RACE_WINDOW)
     assert entries, "nothing was recorded after the removal"
     recorded = {entry.absolute_path.resolve() for entry in entries}
     unrecorded = [str(p) for p in published_files(job.out) if p.resolve() not in recorded]
-    assert unrecorded == [], "files published after the removal are missing from the manifests"
+    assert len(unrecorded) <= RACE_WINDOW, f"files missing from the manifests: {unrecorded}"
+    job.repeats = True
 
 
 FAULTS = {
