@@ -136,8 +136,8 @@ def generate(
     finished = find_finished(items, root) if resume else {}
     todo = [item for item in items if item.id not in finished]
     if resume and ranks is None:
-        # NOTE: ranks append to their manifests while other ranks start, so a rank
-        # cannot rewrite them; there a redone item keeps its stale line next to the new.
+        # NOTE: ranks append to their manifests while other ranks start, so no rank can
+        # rewrite them. Under ranks, a redone item keeps its stale line next to the new.
         prune_manifests(root, todo)
     logger.info(
         "job: %d items, %d done before, %d to make, %d workers",
@@ -215,8 +215,8 @@ def _raise_unless_ok(summary: JobSummary) -> None:
             summary=summary,
         )
     if summary.not_started:
-        # Without a signal this means the workers stopped early, which the engine
-        # reports as failures; kept as a guard so a short run never looks complete.
+        # The engines report items they could not make as failed. This guard keeps a
+        # run that stopped early for another reason from looking complete.
         raise JobError(f"{summary.not_started} items were not made", summary=summary)
 
 

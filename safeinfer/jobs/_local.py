@@ -1,11 +1,11 @@
 """The local engine: the parent process hands items to worker processes and collects results.
 
 The parent keeps the only queue. It sends each ready worker up to two batches at a time,
-so a worker never waits for work while the parent serves another, and it always knows
-which items each worker has. When a worker dies, the items it held go back to the front of
-the queue, unless its manifest shows them done. Each item may outlive only ``retries``
-worker deaths, so an item that crashes every worker (a segfault, the OOM killer) ends up
-failed instead of taking every restart.
+so a worker never waits for work while the parent serves another, and the parent
+always has the list of items each worker was sent. When a worker dies, the items it
+held go back to the front of the queue, unless its manifest shows them done. Each item
+may outlive only ``retries`` worker deaths, so an item that crashes every worker (a
+segfault, the OOM killer) ends up failed instead of taking every restart.
 """
 
 from __future__ import annotations

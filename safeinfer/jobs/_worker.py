@@ -33,10 +33,10 @@ EXIT_FATAL: Final = 3
 #: Exit code of a worker stopped by SIGTERM. Non-zero, so a worker stopped from outside
 #: the job (not by the parent) is restarted.
 EXIT_STOPPED: Final = 4
-#: OpenMP threads that wait for work sleep instead of spinning. Spinning threads of
-#: several workers, or of other programs, on shared cores slowed the tiny models by 4-8x
-#: (2 threads on 2 busy cores); sleeping costs little when the cores are free. A value
-#: set in the environment wins.
+#: OpenMP threads that wait for work sleep instead of spinning. Spinning threads on cores
+#: shared with other workers or programs slowed the tiny models by 4-8x (2 threads on 2
+#: busy cores), and sleeping costs little when the cores are free. A value set in the
+#: environment wins.
 OMP_WAIT_POLICY: Final = "PASSIVE"
 OMP_WAIT_POLICY_ENV: Final = "OMP_WAIT_POLICY"
 #: Seconds between checks of the stop flag while the worker waits for work.
