@@ -208,3 +208,13 @@ def test_shard_covers_every_item_once() -> None:
     assert shard(items, 0, 1) == items
     with pytest.raises(ConfigError, match="invalid rank 3"):
         shard(items, 3, 3)
+
+
+def test_names_survive_pipeline_sanitising() -> None:
+    # Resume finds an item's file by its name, so the pipeline must publish it unchanged.
+    from safeinfer.pipeline import safe_relative_name
+
+    for prompt in ["A red fox, at dawn", "../../etc/passwd", "é" * 200, "CON", "x.y.png", ""]:
+        name = item_name(1234, "000617-00", 2**40, prompt)
+
+        assert safe_relative_name(name) == name.removesuffix(".png")

@@ -35,6 +35,9 @@ STEM_BYTES: Final = 60
 #: Stem used when a prompt has nothing that survives sanitising (for example "" or "???").
 FALLBACK_STEM: Final = "image"
 
+#: Sanitising passes after which a file name must be stable; one or two suffice.
+SANITIZE_PASSES: Final = 4
+
 _T = TypeVar("_T")
 
 
@@ -97,7 +100,16 @@ def item_name(index: int, item_id: str, seed: int, prompt: str) -> str:
         stem = sanitize_stem(prompt, max_length=STEM_BYTES)
     except InvalidNameError:
         stem = FALLBACK_STEM
-    return f"{index // FILES_PER_FOLDER:04d}/{item_id}-{seed}-{stem}.png"
+    # The pipeline sanitises the whole file name again, and resume finds a file by its
+    # name, so the name must come out unchanged: "CON" alone becomes "CON_", whose "_"
+    # a second pass trims once the stem is no longer the whole name.
+    base = f"{item_id}-{seed}-{stem}"
+    for _ in range(SANITIZE_PASSES):
+        cleaned = sanitize_stem(base)
+        if cleaned == base:
+            return f"{index // FILES_PER_FOLDER:04d}/{base}.png"
+        base = cleaned
+    raise InvalidNameError(f"cannot make a stable file name for item {item_id} from {prompt!r}")
 
 
 def make_items(
