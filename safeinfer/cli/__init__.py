@@ -23,6 +23,8 @@ EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
 
+_SUBCOMMAND = "_subcommand"
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # A dest no subcommand option uses: launch's positional "command" would overwrite it.
+    subparsers = parser.add_subparsers(dest=_SUBCOMMAND, metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"safeinfer.cli._{name}")
         module.register(subparsers)
@@ -54,13 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``safeinfer`` command and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    name = getattr(args, _SUBCOMMAND)
     _configure_logging(args.verbose)
     try:
         code: int = args.handler(args)
     except SafeInferError as error:
-        print(f"safeinfer {args.command}: error: {error}", file=sys.stderr)
+        print(f"safeinfer {name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"safeinfer {args.command}: interrupted", file=sys.stderr)
+        print(f"safeinfer {name}: interrupted", file=sys.stderr)
         return 130
     return code

@@ -1,0 +1,42 @@
+"""The ``safeinfer`` command's entry: error prefixes and a reader that closes the pipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PYTHON = sys.executable
+TIMEOUT = 60
+
+
+def run_safeinfer(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "safeinfer", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("subcommand", "args"),
+    [
+        ("clean", ["{tmp}/absent"]),
+        ("generate", ["{tmp}/absent.txt", "--out", "{tmp}/out"]),
+        ("launch", ["--workers", "0", "--", "true"]),
+        ("launch", ["--workers", "1"]),
+        ("verify", ["--manifest", "{tmp}/bad.jsonl"]),
+    ],
+)
+def test_error_names_subcommand(tmp_path: Path, subcommand: str, args: list[str]) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"path": 1}\n{}\n')
+    filled = [arg.format(tmp=tmp_path) for arg in args]
+    result = run_safeinfer(subcommand, *filled)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"safeinfer {subcommand}: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
