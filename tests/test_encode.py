@@ -29,6 +29,7 @@ from safeinfer.encode._fast import (
 from safeinfer.encode._filters import FILTER_PAETH, FILTER_UP, filter_rows
 from safeinfer.encode._pillow import pillow_optimized_stream
 from safeinfer.encode._pool import thread_count
+from safeinfer.errors import ConfigError
 from safeinfer.png import Ihdr, iter_chunks
 
 Array = np.ndarray[Any, Any]
@@ -296,7 +297,7 @@ def test_filter_types_written_per_row() -> None:
     rows = smooth_image(5, 4, 3).reshape(5, -1)
     assert set(filter_rows(rows, 3, FILTER_UP)[:, 0]) == {FILTER_UP}
     assert set(filter_rows(rows, 3, FILTER_PAETH)[:, 0]) == {FILTER_PAETH}
-    with pytest.raises(ValueError, match="invalid PNG filter type 7"):
+    with pytest.raises(ConfigError, match="invalid PNG filter type 7"):
         filter_rows(rows, 3, 7)
 
 
@@ -327,7 +328,7 @@ def test_palette_image_becomes_rgb_or_rgba() -> None:
 
 
 def test_invalid_compression_rejected() -> None:
-    with pytest.raises(ValueError, match="invalid compression 'fastest'"):
+    with pytest.raises(ConfigError, match="invalid compression 'fastest'"):
         encode_png(np.zeros((2, 2), np.uint8), compression="fastest")  # type: ignore[arg-type]
 
 

@@ -18,7 +18,7 @@ from safeinfer.encode._lossy import (
     USER_COMMENT_UNICODE,
     XMP_NAMESPACE,
 )
-from safeinfer.errors import InvalidImageError, InvalidMetadataError
+from safeinfer.errors import ConfigError, InvalidImageError, InvalidMetadataError
 
 METADATA = {"prompt": "夕焼けの富士山 🗻", "seed": 11, "steps": 8, "guidance": 3.5}
 
@@ -95,17 +95,17 @@ def test_unsupported_pixels_rejected(image: Any, image_format: str, message: str
 
 @pytest.mark.parametrize("quality", [0, 101, 9.5, True])
 def test_invalid_quality_rejected(quality: Any) -> None:
-    with pytest.raises(ValueError, match="invalid jpeg quality"):
+    with pytest.raises(ConfigError, match="invalid jpeg quality"):
         encode_image(gradient(3), format="jpeg", quality=quality)
 
 
 def test_quality_for_png_rejected() -> None:
-    with pytest.raises(ValueError, match="quality applies to JPEG and WebP only"):
+    with pytest.raises(ConfigError, match="quality applies to JPEG and WebP only"):
         encode_image(gradient(3), format="png", quality=90)
 
 
 def test_unknown_format_rejected() -> None:
-    with pytest.raises(ValueError, match="invalid format 'gif'"):
+    with pytest.raises(ConfigError, match="invalid format 'gif'"):
         encode_image(gradient(3), format="gif")  # type: ignore[arg-type]
 
 

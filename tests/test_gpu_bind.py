@@ -12,10 +12,11 @@ import textwrap
 import types
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from safeinfer.errors import GpuBindingError
+from safeinfer.errors import ConfigError, GpuBindingError
 from safeinfer.gpu import (
     THREAD_ENV_VARS,
     CudaState,
@@ -432,10 +433,17 @@ def test_worker_env_cpu_worker() -> None:
     assert "MKL_NUM_THREADS" not in env
 
 
-@pytest.mark.parametrize("gpu", ["0,1", "bogus", "", "-1"])
-def test_worker_env_rejects_bad_gpu_id(gpu: str) -> None:
-    with pytest.raises(ValueError, match="invalid GPU id"):
+@pytest.mark.parametrize("gpu", ["0,1", "bogus", "abc", "", "-1", 3])
+def test_worker_env_rejects_bad_gpu_id(gpu: Any) -> None:
+    with pytest.raises(ConfigError, match="invalid GPU id") as raised:
         worker_env(gpu=gpu, threads=None, base={})
+    assert repr(gpu) in str(raised.value)
+    assert "index, GPU- UUID or MIG- id" in str(raised.value)
+
+
+def test_worker_env_rejects_bad_threads() -> None:
+    with pytest.raises(ConfigError, match="invalid thread count 0"):
+        worker_env(gpu="0", threads=0, base={})
 
 
 @pytest.mark.parametrize(
@@ -448,7 +456,7 @@ def test_thread_budget(workers: int, cores: int, expected: int) -> None:
 
 @pytest.mark.parametrize(("workers", "cores"), [(0, 4), (-1, 4), (2, 0)])
 def test_thread_budget_rejects_bad_counts(workers: int, cores: int) -> None:
-    with pytest.raises(ValueError, match="invalid"):
+    with pytest.raises(ConfigError, match="invalid"):
         thread_budget(workers, cores=cores)
 
 
@@ -480,5 +488,5 @@ def test_apply_thread_budget_sets_variables(monkeypatch: pytest.MonkeyPatch) -> 
     for name in THREAD_ENV_VARS:
         assert os.environ[name] == "2", name
     assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"
-    with pytest.raises(ValueError, match="invalid thread count"):
+    with pytest.raises(ConfigError, match="invalid thread count"):
         apply_thread_budget(0)

@@ -14,7 +14,7 @@ from typing import Literal
 
 import pytest
 
-from safeinfer.errors import InvalidNameError, LockError, LockTimeout
+from safeinfer.errors import ConfigError, InvalidNameError, LockError, LockTimeout
 from safeinfer.locks import (
     DEFAULT_LOCK_FILE_MODE,
     default_lock_dir,
@@ -176,7 +176,7 @@ def test_strict_soft_lock_keeps_dead_holder(tmp_path: Path, holder: StartHolder)
 
 def test_shared_fs_true_means_lease(tmp_path: Path) -> None:
     assert mutex("x", lock_dir=tmp_path, shared_fs=True).kind == "lease"
-    with pytest.raises(ValueError, match="invalid shared_fs"):
+    with pytest.raises(ConfigError, match="invalid shared_fs"):
         mutex("x", lock_dir=tmp_path, shared_fs="nfs")  # type: ignore[arg-type]
 
 
@@ -260,7 +260,7 @@ def test_empty_lock_name_is_rejected(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.parametrize("timeout", [-1.0, float("inf"), float("nan")])
 def test_timeout_must_be_finite(tmp_path: Path, timeout: float) -> None:
-    with pytest.raises(ValueError, match="invalid lock timeout"):
+    with pytest.raises(ConfigError, match="invalid lock timeout"):
         mutex("x", lock_dir=tmp_path, timeout=timeout)
 
 

@@ -24,6 +24,7 @@ from safeinfer.encode._fast import (
 from safeinfer.encode._inputs import FLOAT_QUANTISATION, to_array
 from safeinfer.encode._lossy import DEFAULT_QUALITY, encode_jpeg_or_webp
 from safeinfer.encode._metadata import format_parameters, metadata_chunks, metadata_json
+from safeinfer.errors import ConfigError
 
 __all__ = [
     "COMPRESSION_MODES",
@@ -78,7 +79,7 @@ def encode_png(
     7
     """
     if compression not in COMPRESSION_MODES:
-        raise ValueError(
+        raise ConfigError(
             f"invalid compression {compression!r}: expected one of {', '.join(COMPRESSION_MODES)}"
         )
     pixels = to_array(image)
@@ -109,10 +110,10 @@ def encode_image(
     """
     if format == "png":
         if quality is not None:
-            raise ValueError("quality applies to JPEG and WebP only: PNG is always lossless")
+            raise ConfigError("quality applies to JPEG and WebP only: PNG is always lossless")
         return encode_png(image, metadata=metadata)
     if format in ("jpeg", "webp"):
         return encode_jpeg_or_webp(
             to_array(image), format=format, quality=quality, metadata=metadata
         )
-    raise ValueError(f"invalid format {format!r}: expected one of {', '.join(IMAGE_FORMATS)}")
+    raise ConfigError(f"invalid format {format!r}: expected one of {', '.join(IMAGE_FORMATS)}")

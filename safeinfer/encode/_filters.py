@@ -11,6 +11,8 @@ from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
 
+from safeinfer.errors import ConfigError
+
 # Filter types (section 9.2, table 9.1).
 FILTER_NONE: Final = 0
 FILTER_SUB: Final = 1
@@ -84,7 +86,7 @@ def _apply_filter(
             band_above = above if start == 0 else rows[start - 1]
             _paeth_band(rows[start:stop], band_above, bpp, out[start:stop])
     else:
-        raise ValueError(f"invalid PNG filter type {filter_type}: expected 0 to 4")
+        raise ConfigError(f"invalid PNG filter type {filter_type}: expected 0 to 4")
 
 
 def _neighbours(rows: ByteRows, above: ByteRows, bpp: int) -> tuple[ByteRows, ByteRows, ByteRows]:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from safeinfer.encode._metadata import format_parameters, metadata_json, reject_nul
 from safeinfer.encode._pillow import encode_lossy
-from safeinfer.errors import InvalidImageError
+from safeinfer.errors import ConfigError, InvalidImageError
 
 LossyFormat: TypeAlias = Literal["jpeg", "webp"]
 
@@ -56,7 +56,7 @@ def encode_jpeg_or_webp(
     """Encode 8-bit pixels as JPEG or WebP, with metadata in EXIF and XMP."""
     quality = DEFAULT_QUALITY[format] if quality is None else quality
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise ValueError(f"invalid {format} quality {quality!r}: expected an int from 1 to 100")
+        raise ConfigError(f"invalid {format} quality {quality!r}: expected an int from 1 to 100")
     _check_pixels(pixels, format)
     exif = xmp = None
     if metadata is not None:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from safeinfer.errors import ConfigError
+
 __all__ = [
     "THREADS_ENV",
     "THREAD_ENV_VARS",
@@ -60,11 +62,11 @@ def thread_budget(workers: int, *, cores: int | None = None) -> int:
     1
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"invalid worker count {workers!r}: expected an integer >= 1")
+        raise ConfigError(f"invalid worker count {workers!r}: expected an integer >= 1")
     if cores is None:
         cores = available_cores()
     if cores < 1:
-        raise ValueError(f"invalid core count {cores!r}: expected an integer >= 1")
+        raise ConfigError(f"invalid core count {cores!r}: expected an integer >= 1")
     return max(1, cores // workers)
 
 
@@ -81,7 +83,7 @@ def apply_thread_budget(threads: int) -> None:
     >>> apply_thread_budget(thread_budget(4))               # doctest: +SKIP
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"invalid thread count {threads!r}: expected an integer >= 1")
+        raise ConfigError(f"invalid thread count {threads!r}: expected an integer >= 1")
     for name in THREAD_ENV_VARS:
         os.environ[name] = str(threads)
 

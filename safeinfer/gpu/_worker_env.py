@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from safeinfer.errors import ConfigError
 from safeinfer.gpu._plan import CPU, SAFEINFER_GPU_ENV, VISIBLE_DEVICES_ENV, parse_visible_devices
 from safeinfer.gpu._threads import THREAD_ENV_VARS
 
@@ -21,21 +22,22 @@ def worker_env(
     child can only use that GPU, as ``cuda:0``, and ``SAFEINFER_GPU`` gives the child's
     ``bind_gpu`` the physical id. ``threads=None`` leaves the thread variables as ``base``
     (default ``os.environ``) has them. Every other variable is copied unchanged.
+    Raises :class:`~safeinfer.errors.ConfigError` naming an invalid ``gpu`` or ``threads``.
 
     >>> env = worker_env(gpu="3", threads=4, base={"PATH": "/usr/bin"})
     >>> env["CUDA_VISIBLE_DEVICES"], env["SAFEINFER_GPU"], env["OMP_NUM_THREADS"]
     ('3', '3', '4')
     """
     env = dict(os.environ if base is None else base)
-    if gpu is None or gpu.strip().lower() == CPU:
+    if gpu is None or (isinstance(gpu, str) and gpu.strip().lower() == CPU):
         env[VISIBLE_DEVICES_ENV] = ""
         env[SAFEINFER_GPU_ENV] = CPU
     else:
-        parsed = parse_visible_devices(gpu.strip())
+        parsed = parse_visible_devices(gpu.strip()) if isinstance(gpu, str) else None
         if parsed is None or len(parsed) != 1 or "," in gpu:
-            raise ValueError(
-                f"invalid GPU id {gpu!r}: expected one index, GPU- UUID or MIG- id, "
-                "as CUDA_VISIBLE_DEVICES lists them"
+            raise ConfigError(
+                f"invalid GPU id {gpu!r}: expected a string holding one index, GPU- UUID "
+                "or MIG- id, as CUDA_VISIBLE_DEVICES lists them (such as '0'), or 'cpu'"
             )
         gpu_id = parsed[0]
         env[VISIBLE_DEVICES_ENV] = gpu_id
@@ -43,7 +45,7 @@ def worker_env(
 
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"invalid thread count {threads!r}: expected an integer >= 1")
+            raise ConfigError(f"invalid thread count {threads!r}: expected an integer >= 1")
         for name in THREAD_ENV_VARS:
             env[name] = str(threads)
     return env

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 import filelock
 
-from safeinfer.errors import LockError, LockTimeout
+from safeinfer.errors import ConfigError, LockError, LockTimeout
 from safeinfer.locks._holder import Holder, read_holder, write_holder
 from safeinfer.locks._paths import lock_file_name, prepare_lock_dir
 
@@ -77,7 +77,7 @@ class Mutex:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
     ) -> None:
         if timeout < 0 or timeout != timeout or timeout == float("inf"):
-            raise ValueError(f"invalid lock timeout {timeout!r}: expected a finite number >= 0")
+            raise ConfigError(f"invalid lock timeout {timeout!r}: expected a finite number >= 0")
         kind = _shared_fs_kind(shared_fs)
         self.name = name
         self.path = prepare_lock_dir(lock_dir) / lock_file_name(name)
@@ -192,7 +192,7 @@ def _shared_fs_kind(shared_fs: SharedFs) -> str:
         return "lease"
     if shared_fs in _SHARED_FS_KINDS:
         return shared_fs
-    raise ValueError(
+    raise ConfigError(
         f"invalid shared_fs {shared_fs!r}: expected False, True, 'soft', 'lease' or 'strict'"
     )
 
