@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from safeinfer.errors import ConfigError, JobError, JobInterrupted, WriteError
+from safeinfer.errors import ConfigError, JobError, JobInterrupted, LockTimeout, WriteError
 from safeinfer.jobs._cluster import cluster_engine, launch_ranks
-from safeinfer.jobs._items import make_items
+from safeinfer.jobs._items import Item, make_items
 from safeinfer.jobs._local import LocalEngine
 from safeinfer.jobs._progress import Progress
 from safeinfer.jobs._prompts import PromptSource, parse_size, read_prompts
 from safeinfer.jobs._rank_engine import gather_summary
+from safeinfer.jobs._ranks import RankInfo
 from safeinfer.jobs._resume import find_finished, manifest_names, prune_manifests
 from safeinfer.jobs._run import DEFAULT_RETRIES
 from safeinfer.jobs._slots import plan_slots
 from safeinfer.jobs._summary import JobSummary
-from safeinfer.jobs._worker import WorkerConfig
+from safeinfer.jobs._worker import WorkerConfig, WorkerSlot
 
 __all__ = ["DEFAULT_SEED", "DTYPES", "generate"]
 
@@ -34,6 +36,10 @@ DTYPES: Final = ("float32", "float16", "bfloat16")
 #: Seconds that workers get to finish their current batch after SIGINT or SIGTERM,
 #: before they are killed. A killed worker loses only the batch it was making.
 DEFAULT_STOP_TIMEOUT: Final = 30.0
+#: Lock name of the job lock file in the output directory (``safeinfer-job.lock``). The
+#: file stays after the job: deleting it would let a third job lock a new file while a
+#: second one still waits on the old.
+JOB_LOCK_NAME: Final = "safeinfer-job"
 
 
 def generate(
@@ -131,8 +137,48 @@ def generate(
     if ranks is not None:
         items = ranks.share(items)
     slots = plan_slots(gpus, workers, threads_per_worker) if engine == "local" and not ranks else []
-    _prepare_root(root, resume=resume, ignore=ranks.peer_manifest_names() if ranks else set())
+    _make_root(root)
+    # Ranks of one launch share ``root`` and each writes only its own manifest, so they
+    # cannot take one exclusive lock between them. Under a launcher the rank manifests
+    # keep two launches apart only by the manifest check.
+    # NOTE: two launches into one DIR at the same moment are therefore not excluded.
+    with contextlib.nullcontext() if ranks is not None else _lock_root(root):
+        _check_root(root, resume=resume, ignore=ranks.peer_manifest_names() if ranks else set())
+        return _run_job(
+            items,
+            root,
+            config,
+            slots,
+            ranks=ranks,
+            resume=resume,
+            progress=progress,
+            stop_timeout=stop_timeout,
+            engine=engine,
+            gpus=gpus,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+            ray_address=ray_address,
+            started=started,
+        )
 
+
+def _run_job(
+    items: list[Item],
+    root: Path,
+    config: WorkerConfig,
+    slots: list[WorkerSlot],
+    *,
+    ranks: RankInfo | None,
+    resume: bool,
+    progress: bool,
+    stop_timeout: float,
+    engine: str,
+    gpus: str | Sequence[int | str] | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    ray_address: str | None,
+    started: float,
+) -> JobSummary:
     finished = find_finished(items, root) if resume else {}
     todo = [item for item in items if item.id not in finished]
     if resume and ranks is None:
@@ -280,7 +326,30 @@ def _check_steps(steps: int | None) -> int | None:
     return steps
 
 
-def _prepare_root(root: Path, *, resume: bool, ignore: set[str]) -> None:
+@contextlib.contextmanager
+def _lock_root(root: Path) -> Iterator[None]:
+    """Hold the output directory's job lock, or raise ConfigError naming its holder."""
+    from safeinfer.locks import mutex
+
+    lock = mutex(JOB_LOCK_NAME, lock_dir=root, timeout=0)
+    try:
+        lock.acquire()
+    except LockTimeout as error:
+        holder = (
+            f" (pid {error.holder_pid} on host {error.holder_host})"
+            if error.holder_pid is not None
+            else ""
+        )
+        raise ConfigError(
+            f"another job is running in {root}{holder}; wait for it or use another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _check_root(root: Path, *, resume: bool, ignore: set[str]) -> None:
     # ignore: the other ranks' manifests, which they may create while this rank starts.
     existing = [name for name in manifest_names(root) if name not in ignore]
     if existing and not resume:
@@ -288,6 +357,15 @@ def _prepare_root(root: Path, *, resume: bool, ignore: set[str]) -> None:
             f"output directory {root} already contains a job ({', '.join(existing)}): "
             "pass --resume (resume=True) to finish it, or choose a new output directory"
         )
+    if resume:
+        from safeinfer.writer import clean_stale_temps
+
+        removed = clean_stale_temps(root)
+        if removed:
+            logger.info("removed %d temp files left by killed workers", len(removed))
+
+
+def _make_root(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
         # Workers fail only after loading the model; checking here saves that time.
@@ -301,9 +379,3 @@ def _prepare_root(root: Path, *, resume: bool, ignore: set[str]) -> None:
             path=str(root),
             errno=error.errno,
         ) from error
-    if resume:
-        from safeinfer.writer import clean_stale_temps
-
-        removed = clean_stale_temps(root)
-        if removed:
-            logger.info("removed %d temp files left by killed workers", len(removed))

@@ -1,0 +1,101 @@
+"""The generate command as a real process: output-directory lock, option checks, exits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from generate_checks import TEST_STEPS, assert_job_consistent
+
+from safeinfer.jobs import make_items, read_prompts
+
+pytestmark = pytest.mark.slow
+
+#: Steps per image of tiny-sd that keep the first job running while the second starts.
+SLOW_STEPS = 20
+PROMPTS = [f"a red fox number {index}" for index in range(6)]
+#: Seconds a test waits for a job or for the state it needs.
+WAIT_SECONDS = 120.0
+
+
+def _command(prompts: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "safeinfer",
+        "generate",
+        str(prompts),
+        "--out",
+        str(out),
+        "--threads-per-worker",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _run(prompts: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _command(prompts, out, *extra),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS,
+        check=False,
+    )
+
+
+def _write_prompts(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_second_job_in_same_out_exits(tmp_path: Path) -> None:
+    prompts = _write_prompts(tmp_path, PROMPTS)
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        _command(prompts, out, "--model", "tiny-sd", "--steps", str(SLOW_STEPS)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lock_file = out / "safeinfer-job.lock"
+        deadline = time.monotonic() + WAIT_SECONDS
+        # The holder writes its pid into the lock file once it holds the lock.
+        while not (lock_file.exists() and lock_file.stat().st_size > 0):
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "first job never took the lock"
+            time.sleep(0.05)
+
+        second = _run(prompts, out, "--model", "tiny-sd", "--steps", str(SLOW_STEPS))
+        first_code = first.wait(timeout=WAIT_SECONDS)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+
+    assert second.returncode == 2, second.stderr
+    assert f"another job is running in {out} (pid {first.pid} on host" in second.stderr
+    assert "wait for it or use another --out" in second.stderr
+    assert first_code == 0
+    expected = [item.id for item in make_items(read_prompts(PROMPTS))]
+    assert_job_consistent(out, expected)
+
+
+def test_lock_released_for_resume(tmp_path: Path) -> None:
+    prompts = _write_prompts(tmp_path, ["7", "3"])
+    out = tmp_path / "out"
+
+    first = _run(prompts, out, "--steps", str(TEST_STEPS))
+    again = _run(prompts, out, "--steps", str(TEST_STEPS), "--resume")
+
+    assert first.returncode == 0, first.stderr
+    assert again.returncode == 0, again.stderr
+    assert "2 skipped" in again.stdout
