@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from corruption import sample_png
 
 PYTHON = sys.executable
 TIMEOUT = 60
@@ -40,3 +41,26 @@ def test_error_names_subcommand(tmp_path: Path, subcommand: str, args: list[str]
     assert result.stderr.startswith(f"safeinfer {subcommand}: error: "), result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_reader_closing_pipe_ends_quietly(tmp_path: Path) -> None:
+    # More output than a pipe buffers, so the command is still writing when head exits.
+    data = sample_png(seed=0)
+    for index in range(400):
+        (tmp_path / f"{index:03d}.png").write_bytes(data)
+    command = [PYTHON, "-m", "safeinfer", "verify", str(tmp_path), "--json", "--quiet"]
+    verify = subprocess.Popen(
+        [*command, "--level", "structure", "--jobs", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert verify.stdout is not None
+    assert verify.stderr is not None
+    first_line = verify.stdout.readline()
+    verify.stdout.close()
+    stderr = verify.stderr.read().decode()
+    verify.stderr.close()
+    code = verify.wait(timeout=TIMEOUT)
+    assert first_line.startswith(b"{")
+    assert stderr == ""
+    assert code == 141

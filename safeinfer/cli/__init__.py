@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +24,8 @@ SUBCOMMANDS: tuple[str, ...] = ("clean", "generate", "launch", "verify")
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
+#: What a shell reports for a process that SIGPIPE killed: ``safeinfer verify | head``.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 _SUBCOMMAND = "_subcommand"
 
@@ -61,10 +65,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         code: int = args.handler(args)
+        # Flushing here, not at interpreter exit, lets a closed pipe surface below.
+        sys.stdout.flush()
     except SafeInferError as error:
         print(f"safeinfer {name}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"safeinfer {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (head, less) went away. Point stdout at /dev/null so that the flush
+        # at interpreter exit does not raise again, and end quietly like other tools.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     return code
