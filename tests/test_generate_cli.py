@@ -99,3 +99,41 @@ def test_lock_released_for_resume(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert again.returncode == 0, again.stderr
     assert "2 skipped" in again.stdout
+
+
+def test_signal_after_last_item_succeeds(tmp_path: Path) -> None:
+    prompts = _write_prompts(tmp_path, ["7", "3"])
+    out = tmp_path / "out"
+    job = subprocess.Popen(
+        _command(prompts, out, "--steps", str(TEST_STEPS)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while _recorded(out) < 2:
+            assert job.poll() is None, job.communicate()[1]
+            assert time.monotonic() < deadline, "job never recorded its items"
+            time.sleep(0.01)
+        # The job may exit before the signal lands; either way it made every item.
+        if job.poll() is None:
+            os.kill(job.pid, signal.SIGINT)
+        stdout, stderr = job.communicate(timeout=WAIT_SECONDS)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+
+    assert job.returncode == 0, stderr
+    assert "stopped by signal" not in stderr
+    assert "2 images written" in stdout
+
+
+def _recorded(out: Path) -> int:
+    manifest = out / "manifest-cpu0.jsonl"
+    try:
+        return len(manifest.read_text().splitlines())
+    except FileNotFoundError:
+        return 0

@@ -220,17 +220,21 @@ def _run_job(
 
     done = result.done if result is not None else {}
     failed = result.failed if result is not None else {}
+    not_started = len(todo) - len(done) - len(failed)
+    # The rank and Ray engines report any signal they caught. One that arrived after the
+    # last item was recorded or failed stopped nothing, so the job still succeeded.
+    interrupted = result.interrupted if result is not None and not_started else None
     summary = JobSummary(
         out=root,
         total=len(items),
         skipped=len(finished),
         written=len(done),
         failed=dict(failed),
-        not_started=len(todo) - len(done) - len(failed),
+        not_started=not_started,
         seconds=time.monotonic() - started,
         workers=dict(result.devices) if result is not None else {},
         manifests=manifest_names(root),
-        interrupted=result.interrupted if result is not None else None,
+        interrupted=interrupted,
     )
     if ranks is not None:
         summary = gather_summary(summary, ranks)
