@@ -9,6 +9,7 @@ all of them. The tree::
     ├── InvalidImageError          an image has the wrong shape, dtype or values (ValueError)
     ├── InvalidMetadataError       metadata cannot be stored as PNG text (ValueError)
     ├── InvalidNameError           a user-supplied file name cannot be made safe (ValueError)
+    ├── InvalidTypeError           an argument has the wrong type (TypeError)
     ├── PngError                   a PNG could not be read
     │   ├── CorruptPngError        the bytes break the PNG rules (carries a PngReport)
     │   └── UnsupportedPngError    a valid PNG that uses a feature safeinfer does not handle
@@ -24,7 +25,7 @@ all of them. The tree::
     └── MissingDependencyError     an optional extra is not installed (ImportError)
 
 Errors that also fit a built-in category inherit from it as well, so code that already
-catches ``ValueError``, ``TimeoutError`` or ``ImportError`` keeps working.
+catches ``ValueError``, ``TypeError``, ``TimeoutError`` or ``ImportError`` keeps working.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidMetadataError",
     "InvalidNameError",
+    "InvalidTypeError",
     "JobError",
     "JobInterrupted",
     "LaunchError",
@@ -89,6 +91,10 @@ class InvalidMetadataError(SafeInferError, ValueError):
 
 class InvalidNameError(SafeInferError, ValueError):
     """A user-supplied file name or stem cannot be made into a safe name."""
+
+
+class InvalidTypeError(SafeInferError, TypeError):
+    """An argument has the wrong type, such as text where bytes are expected."""
 
 
 class PngError(SafeInferError):

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from safeinfer.errors import ConfigError, FileExistsConflict, WriteError
+from safeinfer.errors import (
+    ConfigError,
+    FileExistsConflict,
+    InvalidTypeError,
+    SafeInferError,
+    WriteError,
+)
 from safeinfer.writer import WriteResult, atomic_open, atomic_write
 from safeinfer.writer._owner import current_owner
 from safeinfer.writer._temps import create_temp, parse_temp_name
@@ -135,6 +141,71 @@ def test_replace_keeps_old_mode(tmp_path: Path, umask_022: None) -> None:
 def test_explicit_mode(tmp_path: Path, umask_022: None) -> None:
     atomic_write(tmp_path / "a.bin", b"x", mode=0o664, durability="none")
     assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o664
+
+
+@pytest.mark.parametrize("mode", [0o1000, 0o4755, 0o2755, 0o7777777, -1])
+def test_mode_outside_permission_bits(tmp_path: Path, mode: int) -> None:
+    with pytest.raises(ConfigError, match="invalid mode") as raised:
+        atomic_write(tmp_path / "new" / "a.bin", b"x", mode=mode)
+    assert "0o777" in str(raised.value)
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("mode", ["644", 6.0, True])
+def test_mode_of_wrong_type(tmp_path: Path, mode: object) -> None:
+    with pytest.raises(InvalidTypeError, match="invalid mode"):
+        atomic_write(tmp_path / "a.bin", b"x", mode=mode)  # type: ignore[arg-type]
+    assert files_in(tmp_path) == []
+
+
+def test_atomic_open_rejects_setuid_mode(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ConfigError, match="invalid mode 0o4755"),
+        atomic_open(tmp_path / "a.bin", mode=0o4755),
+    ):
+        pass
+    assert files_in(tmp_path) == []
+
+
+class TextReturningStream:
+    def read(self, size: int = -1) -> str:
+        return "hello"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("hello", "got str; encode it first"),
+        (None, "got NoneType"),
+        (12, "got int"),
+        (io.StringIO("hello"), "text stream"),
+        (TextReturningStream(), "returned str, not bytes"),
+    ],
+)
+def test_non_binary_data_rejected(tmp_path: Path, data: object, message: str) -> None:
+    with pytest.raises(InvalidTypeError, match=message) as raised:
+        atomic_write(tmp_path / "w" / "t.txt", data)  # type: ignore[arg-type]
+    assert isinstance(raised.value, SafeInferError)
+    assert isinstance(raised.value, TypeError)
+    assert files_in(tmp_path) == []
+
+
+class LaterTextStream:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def read(self, size: int = -1) -> bytes | str:
+        self.calls += 1
+        return {1: b"bytes first", 2: "then text"}.get(self.calls, b"")
+
+
+def test_stream_turning_text_removes_temp(tmp_path: Path) -> None:
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(InvalidTypeError, match="returned str"):
+        atomic_write(target, LaterTextStream(), if_exists="replace")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert files_in(tmp_path) == ["a.bin"]
 
 
 def test_target_is_directory(tmp_path: Path) -> None:

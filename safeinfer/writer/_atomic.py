@@ -29,7 +29,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from safeinfer.errors import ConfigError, FileExistsConflict, SafeInferError, WriteError
+from safeinfer.errors import (
+    ConfigError,
+    FileExistsConflict,
+    InvalidTypeError,
+    SafeInferError,
+    WriteError,
+)
 from safeinfer.naming import unique_name
 from safeinfer.writer._errors import write_error
 from safeinfer.writer._fs import fsync_directory, fsync_file, make_directories, rename_no_replace
@@ -60,6 +66,12 @@ _UNIQUE_ATTEMPTS: Final = 8
 #: A check run on the finished temp file before it is published; it raises to stop.
 TempCheck = Callable[[Path], None]
 
+#: The largest ``mode``: read, write and execute bits. Setuid, setgid and sticky bits
+#: are rejected, because an output file never needs them.
+MAX_MODE: Final = 0o777
+
+BytesLike = bytes | bytearray | memoryview
+
 
 def validate_options(durability: str, if_exists: str) -> None:
     """Raise ConfigError unless both options are among their allowed values."""
@@ -67,6 +79,54 @@ def validate_options(durability: str, if_exists: str) -> None:
         raise ConfigError(f"invalid durability {durability!r}: expected one of {DURABILITIES}")
     if if_exists not in IF_EXISTS_CHOICES:
         raise ConfigError(f"invalid if_exists {if_exists!r}: expected one of {IF_EXISTS_CHOICES}")
+
+
+def validate_mode(mode: int | None) -> None:
+    """Raise unless ``mode`` is None or permission bits from 0 to 0o777."""
+    if mode is None:
+        return
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise InvalidTypeError(
+            f"invalid mode {mode!r}: expected an int such as 0o644, got {type(mode).__name__}"
+        )
+    if not 0 <= mode <= MAX_MODE:
+        raise ConfigError(
+            f"invalid mode {mode:#o}: expected permission bits from 0o000 to 0o777; "
+            "setuid, setgid and sticky bits are not allowed"
+        )
+
+
+def _describe_data_type(data: object) -> str:
+    if isinstance(data, str):
+        return "got str; encode it first, such as text.encode()"
+    return f"got {type(data).__name__}"
+
+
+def _first_chunk(data: object) -> BytesLike:
+    """Return the data itself, or the first chunk of a stream, checking the type.
+
+    Reading the first chunk before anything is created means that text, None or a text
+    stream fails without leaving a directory or temp file behind.
+    """
+    if isinstance(data, BytesLike):
+        return data
+    if isinstance(data, io.TextIOBase):
+        raise InvalidTypeError(
+            f"invalid data: a text stream {data!r} was given; "
+            "open the file in binary mode ('rb') or pass bytes"
+        )
+    read = getattr(data, "read", None)
+    if not callable(read):
+        raise InvalidTypeError(
+            f"invalid data: expected bytes or a readable binary stream, {_describe_data_type(data)}"
+        )
+    chunk = read(_CHUNK)
+    if not isinstance(chunk, BytesLike):
+        raise InvalidTypeError(
+            "invalid data: the stream's read() returned "
+            f"{type(chunk).__name__}, not bytes; open it in binary mode ('rb')"
+        )
+    return chunk
 
 
 class AtomicFile(io.BufferedWriter):
@@ -89,6 +149,7 @@ class _Transaction:
         self, target: Path, *, durability: Durability, if_exists: IfExists, mode: int | None
     ) -> None:
         validate_options(durability, if_exists)
+        validate_mode(mode)
         self.target = target
         self.durability = durability
         self.if_exists = if_exists
@@ -224,13 +285,19 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def _copy_stream(fd: int, stream: BinaryIO) -> tuple[str, int]:
+def _copy_stream(fd: int, first: BytesLike, stream: BinaryIO) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    while chunk := stream.read(_CHUNK):
+    chunk: BytesLike = first
+    while chunk:
+        if not isinstance(chunk, BytesLike):
+            raise InvalidTypeError(
+                f"invalid data: the stream's read() returned {type(chunk).__name__}, not bytes"
+            )
         digest.update(chunk)
         _write_all(fd, chunk)
-        size += len(chunk)
+        size += memoryview(chunk).nbytes
+        chunk = stream.read(_CHUNK)
     return digest.hexdigest(), size
 
 
@@ -254,14 +321,15 @@ def write_checked(
 ) -> WriteResult:
     """Run atomic_write, with ``check`` run on the finished temp file before publishing."""
     transaction = _Transaction(Path(path), durability=durability, if_exists=if_exists, mode=mode)
+    first = _first_chunk(data)
     with _guarded(transaction):
         fd = transaction.begin()
-        if isinstance(data, bytes | bytearray | memoryview):
+        if isinstance(data, BytesLike):
             sha256 = hashlib.sha256(data).hexdigest()
             size = memoryview(data).nbytes
             _write_all(fd, data)
         else:
-            sha256, size = _copy_stream(fd, data)
+            sha256, size = _copy_stream(fd, first, data)
         return transaction.finish(sha256, size, check)
     raise AssertionError("unreachable")  # _guarded re-raises every exception
 
@@ -285,9 +353,12 @@ def atomic_write(
     ``if_exists``: "error" (the default) raises FileExistsConflict. "replace" replaces
     the file atomically and keeps the old file's permission bits. "unique" keeps the old
     file and publishes as ``<stem>-<unique name><suffix>`` instead. ``mode`` sets the permission
-    bits exactly; by default a new file gets 0o666 minus the umask, like ``open()``.
+    bits exactly (0 to 0o777; setuid, setgid and sticky bits raise ConfigError); by default
+    a new file gets 0o666 minus the umask, like ``open()``.
 
     Returns a WriteResult with the final path, the size and the SHA-256 of the bytes.
+    Raises InvalidTypeError (a TypeError) for text, None or a text stream, before any
+    directory or file is created.
     Raises WriteError naming the path and the cause (read-only file system, permission
     denied, no space left, file too large); the old file then stays as it was and no temp
     file is left, also after KeyboardInterrupt.
