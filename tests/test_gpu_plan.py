@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from safeinfer.errors import GpuBindingError
+from safeinfer.errors import GpuBindingError, InvalidTypeError
 from safeinfer.gpu import GpuBinding, parse_visible_devices, plan_gpu
 
 UUID_A = "GPU-5ce4a1b2-0d2f-3c4e-8a9b-1f2e3d4c5b6a"
@@ -200,7 +200,7 @@ def test_plan_invalid_local_rank_raises(value: str) -> None:
 
 
 def test_plan_rejects_bool_gpu() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidTypeError, match="invalid gpu True: expected an int index"):
         plan_gpu({}, gpu=True, device_count=2)
 
 

@@ -25,6 +25,7 @@ from safeinfer.errors import (
     FileExistsConflict,
     InvalidImageError,
     InvalidNameError,
+    InvalidTypeError,
 )
 from safeinfer.png import read_metadata
 from safeinfer.writer import save_image, save_png
@@ -126,6 +127,29 @@ def test_unusable_names_rejected(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidNameError):
         save_png(RGB, tmp_path, name=name)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"metadata": [1, 2]}, r"invalid metadata \[1, 2\]: expected a dict .* got list"),
+        ({"metadata": "prompt"}, "invalid metadata 'prompt': expected a dict .* got str"),
+        ({"name": 5}, "invalid name 5: expected a str .* got int"),
+        ({"name": b"cat"}, "invalid name b'cat': expected a str .* got bytes"),
+    ],
+)
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+def test_wrong_argument_types_rejected(
+    tmp_path: Path, options: dict[str, Any], message: str, image_format: str
+) -> None:
+    with pytest.raises(InvalidTypeError, match=message):
+        save_image(RGB, tmp_path / "out/", format=image_format, **options)
+    assert os.listdir(tmp_path) == [], "a failed save created files or directories"
+
+
+def test_dest_of_wrong_type_rejected(tmp_path: Path) -> None:
+    with pytest.raises(InvalidTypeError, match="invalid dest 5: expected a str or path"):
+        save_png(RGB, 5)  # type: ignore[arg-type]
 
 
 def _nan_image() -> np.ndarray:

@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image
 
-from safeinfer.encode._metadata import format_parameters, metadata_json, reject_nul
+from safeinfer.encode._metadata import check_metadata, format_parameters, metadata_json
 from safeinfer.encode._pillow import encode_lossy
 from safeinfer.errors import ConfigError, InvalidImageError
 
@@ -60,7 +60,7 @@ def encode_jpeg_or_webp(
     _check_pixels(pixels, format)
     exif = xmp = None
     if metadata is not None:
-        reject_nul(metadata, "metadata")
+        check_metadata(metadata)
         exif = user_comment_exif(format_parameters(metadata))
         xmp = metadata_xmp(metadata)
     return encode_lossy(pixels, format=format, quality=quality, exif=exif, xmp=xmp)

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from safeinfer.errors import InvalidMetadataError
+from safeinfer.errors import InvalidMetadataError, InvalidTypeError
 from safeinfer.png._text import (
     PARAMETERS_KEYWORD,
     SAFEINFER_KEYWORD,
@@ -38,7 +38,7 @@ _NEGATIVE_PROMPT_KEY: Final = "negative_prompt"
 def metadata_chunks(metadata: Mapping[str, Any]) -> list[bytes]:
     """Build the ``safeinfer`` iTXt chunk and, when there is something to show, the
     ``parameters`` text chunk (tEXt for Latin-1 text, else iTXt)."""
-    reject_nul(metadata, "metadata")
+    check_metadata(metadata)
     chunks = [build_itxt(SAFEINFER_KEYWORD, metadata_json(metadata))]
     parameters = format_parameters(metadata)
     if parameters:
@@ -74,6 +74,16 @@ def _to_json_value(value: Any) -> Any:
     if isinstance(value, tuple | set | frozenset):
         return sorted(value) if isinstance(value, set | frozenset) else list(value)
     raise TypeError(f"value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def check_metadata(metadata: object) -> None:
+    """Raise unless ``metadata`` is a mapping whose strings hold no NUL character."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidTypeError(
+            f"invalid metadata {metadata!r}: expected a dict such as "
+            f"{{'prompt': 'a cat', 'seed': 7}}, got {type(metadata).__name__}"
+        )
+    reject_nul(metadata, "metadata")
 
 
 def reject_nul(value: Any, where: str) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from safeinfer.errors import GpuBindingError
+from safeinfer.errors import GpuBindingError, InvalidTypeError
 
 __all__ = [
     "CPU",
@@ -183,7 +183,9 @@ def _from_request(
     request: int | str, visible: list[str], env: Mapping[str, str], *, source: str, strict: bool
 ) -> str | None:
     if isinstance(request, bool):
-        raise TypeError(f"invalid gpu {request!r}: expected an int index, an id string or 'cpu'")
+        raise InvalidTypeError(
+            f"invalid gpu {request!r}: expected an int index, an id string or 'cpu'"
+        )
     if isinstance(request, str) and request.strip().lower() == CPU:
         return None
     if not visible:

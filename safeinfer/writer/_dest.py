@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from safeinfer.errors import InvalidNameError
+from safeinfer.errors import InvalidNameError, InvalidTypeError
 from safeinfer.naming import sanitize_stem, unique_name
 from safeinfer.writer._result import IfExists
 
@@ -41,6 +41,15 @@ def resolve_destination(
     ``name`` is then required. For a file path, if_exists defaults to "error" and the
     suffix must be one of ``suffixes``.
     """
+    if name is not None and not isinstance(name, str):
+        raise InvalidTypeError(
+            f"invalid name {name!r}: expected a str such as 'cat', got {type(name).__name__}"
+        )
+    if not isinstance(dest, str | os.PathLike):
+        raise InvalidTypeError(
+            f"invalid dest {dest!r}: expected a str or path such as 'outputs/', "
+            f"got {type(dest).__name__}"
+        )
     path = Path(dest)
     if is_directory_destination(dest):
         policy: IfExists = if_exists or "unique"
