@@ -146,6 +146,8 @@ def test_bad_prompt_file_names_line(tmp_path: Path) -> None:
         ({"batch_size": 0}, "invalid batch size 0"),
         ({"dtype": "float8"}, "invalid dtype 'float8'"),
         ({"gpus": "0,,1"}, "invalid GPU list"),
+        ({"gpus": "abc"}, "invalid GPU id 'abc': expected indices like 0,1, UUIDs"),
+        ({"gpus": ["0", "-1"]}, "invalid GPU id '-1'"),
         ({"retries": -1}, "invalid retries -1"),
     ],
 )

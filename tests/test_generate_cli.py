@@ -137,3 +137,63 @@ def _recorded(out: Path) -> int:
         return len(manifest.read_text().splitlines())
     except FileNotFoundError:
         return 0
+
+
+def test_invalid_gpu_id_exits_before_workers(tmp_path: Path) -> None:
+    prompts = _write_prompts(tmp_path, ["7"])
+
+    result = _run(prompts, tmp_path / "out", "--gpus", "abc")
+
+    assert result.returncode == 2
+    assert (
+        "invalid GPU id 'abc': expected indices like 0,1, UUIDs, 'auto' or 'cpu'" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_on_host_without_gpus(tmp_path: Path) -> None:
+    from safeinfer.gpu import count_gpus
+
+    environment = {key: value for key, value in os.environ.items() if key != "CUDA_VISIBLE_DEVICES"}
+    if count_gpus(environment).count != 0:
+        pytest.skip("this host has GPUs")
+    prompts = _write_prompts(tmp_path, ["7"])
+
+    result = subprocess.run(
+        _command(prompts, tmp_path / "out", "--gpus", "0"),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS,
+        check=False,
+        env=environment,
+    )
+
+    assert result.returncode == 2
+    assert "no GPU found on this host" in result.stderr
+    assert "use --gpus cpu" in result.stderr
+
+
+def test_gpu_with_cpu_build_of_torch(tmp_path: Path) -> None:
+    import torch
+
+    if torch.version.cuda is not None:
+        pytest.skip("torch is built with CUDA")
+    prompts = _write_prompts(tmp_path, ["7"])
+    # With CUDA_VISIBLE_DEVICES set the job cannot count GPUs itself, so the worker
+    # finds out when it binds its GPU.
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
+
+    result = subprocess.run(
+        _command(prompts, tmp_path / "out", "--gpus", "0", "--steps", str(TEST_STEPS)),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS,
+        check=False,
+        env=environment,
+    )
+
+    assert result.returncode == 2
+    assert f"GPU 0 is not usable: torch {torch.__version__} is built without CUDA" in result.stderr
+    assert "use --gpus cpu" in result.stderr
+    assert "AssertionError" not in result.stderr

@@ -65,9 +65,35 @@ def _gpu_ids(gpus: str | Sequence[int | str] | None) -> list[str]:
         raise ConfigError(
             f"invalid GPU list {gpus!r}: expected ids separated by commas ('0,1'), 'auto' or 'cpu'"
         )
+    for part in parts:
+        if not _is_gpu_id(part):
+            raise ConfigError(
+                f"invalid GPU id {part!r}: expected indices like 0,1, UUIDs, 'auto' or 'cpu'"
+            )
     if len(set(parts)) != len(parts):
         raise ConfigError(f"invalid GPU list {gpus!r}: a GPU is listed twice")
+    _require_gpus(parts)
     return parts
+
+
+def _is_gpu_id(part: str) -> bool:
+    from safeinfer.gpu import parse_visible_devices
+
+    # The same rule as CUDA_VISIBLE_DEVICES: an index, a GPU- UUID or a MIG- id.
+    return parse_visible_devices(part) == [part]
+
+
+def _require_gpus(parts: list[str]) -> None:
+    from safeinfer.gpu import count_gpus
+
+    inventory = count_gpus()
+    # Only a count of 0 is certain: with CUDA_VISIBLE_DEVICES set and no NVML, the
+    # workers find out when they bind their GPU.
+    if inventory.count == 0:
+        raise ConfigError(
+            f"no GPU found on this host (checked: {inventory.source}) for --gpus "
+            f"{','.join(parts)}: use --gpus cpu, or run on a machine with NVIDIA GPUs"
+        )
 
 
 def _visible_gpus() -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
+from safeinfer.errors import ConfigError
 from safeinfer.jobs._run import ItemOutcome, ItemRunner
 
 __all__ = ["EXIT_FATAL", "EXIT_STOPPED", "WorkerConfig", "WorkerSlot", "worker_main"]
@@ -175,7 +176,26 @@ def _bind(slot: WorkerSlot) -> str:
     binding = bind_gpu()
     if slot.threads is not None:
         apply_thread_budget(slot.threads)
-    return str(binding.device)
+    device = str(binding.device)
+    if slot.gpu is not None:
+        _require_cuda(slot.gpu, device)
+    return device
+
+
+def _require_cuda(gpu: str, device: str) -> None:
+    # Without this check a CPU build of torch fails later with "Torch not compiled
+    # with CUDA enabled", and a host without a driver quietly runs on the CPU.
+    import torch  # noqa: TID251 (imported lazily, inside the function)
+
+    if torch.version.cuda is None:
+        reason = f"torch {torch.__version__} is built without CUDA"
+    elif device == "cpu" or not torch.cuda.is_available():
+        reason = "no NVIDIA driver or GPU is available to torch"
+    else:
+        return
+    raise ConfigError(
+        f"GPU {gpu} is not usable: {reason}; use --gpus cpu (gpus='cpu') to run on the CPU"
+    )
 
 
 def _load(config: WorkerConfig, device: str) -> Any:
