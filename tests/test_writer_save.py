@@ -262,6 +262,32 @@ def test_save_image_invalid_options(tmp_path: Path, options: dict[str, Any], mes
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32])
+@pytest.mark.parametrize(("peak", "bit_depth"), [(255, 8), (256, 16), (65535, 16)])
+def test_wide_integer_arrays_narrowed(
+    tmp_path: Path, dtype: type[np.integer[Any]], peak: int, bit_depth: int
+) -> None:
+    image = np.zeros((4, 4, 3), dtype)
+    image[1, 2, 0] = peak
+    result = save_png(image, tmp_path / "out.png", durability="none")
+    assert pypng.Reader(filename=str(result.path)).read()[3]["bitdepth"] == bit_depth
+    assert np.array_equal(decode_exact(result.path), image)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [(np.int32, 65536), (np.int64, 65536), (np.uint32, 65536), (np.int32, -1), (np.int64, -1)],
+)
+def test_wide_integer_arrays_out_of_range(
+    tmp_path: Path, dtype: type[np.integer[Any]], value: int
+) -> None:
+    image = np.zeros((4, 4, 3), dtype)
+    image[0, 0, 1] = value
+    with pytest.raises(InvalidImageError, match=r"\[0, 65535\]"):
+        save_png(image, tmp_path / "out/", durability="none")
+    assert os.listdir(tmp_path) == []
+
+
 def shapes() -> st.SearchStrategy[tuple[int, ...]]:
     sides = st.integers(1, 24)
     grey = st.tuples(sides, sides)

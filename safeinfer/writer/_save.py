@@ -68,9 +68,10 @@ def save_png(
     """Encode ``image`` as PNG and publish it atomically in or at ``dest``.
 
     ``image`` is a PIL image, a numpy array or a torch tensor. Arrays are HW or HWC with
-    1 to 4 channels, as uint8, uint16, or float in [0, 1]. Tensors are CHW or HWC, on any
-    device. Decoding the file gives back the pixels exactly, after floats are quantised
-    to 8 bits.
+    1 to 4 channels, as uint8, uint16, or float in [0, 1]. Other integer dtypes are
+    stored at 8 bits when every value is at most 255, else at 16 bits when every value is
+    at most 65535. Other values raise. Tensors are CHW or HWC, on any device. Decoding the file gives back
+    the pixels exactly, after floats are quantised to 8 bits.
 
     ``dest`` is a directory when it exists as one, ends with a path separator, or has no
     suffix: the file then gets a unique, time-sortable name with ``name`` (sanitised) as
@@ -80,7 +81,8 @@ def save_png(
     raises CorruptPngError instead of publishing a bad file. ``durability`` is as for
     :func:`atomic_write`.
 
-    Raises InvalidImageError for NaN or infinite values, unsupported shapes or dtypes;
+    Raises InvalidImageError for NaN or infinite values, floats outside [0, 1], integers
+    outside [0, 65535], bool or complex dtypes, or unsupported shapes;
     InvalidNameError for a name with nothing usable in it; WriteError when the file
     cannot be written (the old file then stays as it was and no temp file is left).
 
