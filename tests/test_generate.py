@@ -149,6 +149,11 @@ def test_bad_prompt_file_names_line(tmp_path: Path) -> None:
         ({"gpus": "abc"}, "invalid GPU id 'abc': expected indices like 0,1, UUIDs"),
         ({"gpus": ["0", "-1"]}, "invalid GPU id '-1'"),
         ({"retries": -1}, "invalid retries -1"),
+        ({"guidance": float("nan")}, "invalid guidance nan: expected a finite number"),
+        ({"guidance": float("inf")}, "invalid guidance inf: expected a finite number"),
+        ({"guidance": "7.5"}, "invalid guidance '7.5'"),
+        ({"stop_timeout": float("nan")}, "invalid stop_timeout nan"),
+        ({"stop_timeout": -1.0}, "invalid stop_timeout -1.0"),
     ],
 )
 def test_invalid_options(tmp_path: Path, options: dict[str, object], message: str) -> None:

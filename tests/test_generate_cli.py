@@ -197,3 +197,14 @@ def test_gpu_with_cpu_build_of_torch(tmp_path: Path) -> None:
     assert f"GPU 0 is not usable: torch {torch.__version__} is built without CUDA" in result.stderr
     assert "use --gpus cpu" in result.stderr
     assert "AssertionError" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_guidance_must_be_finite(tmp_path: Path, value: str) -> None:
+    prompts = _write_prompts(tmp_path, ["7"])
+
+    result = _run(prompts, tmp_path / "out", f"--guidance={value}")
+
+    assert result.returncode == 2
+    assert f"invalid guidance {float(value)!r}: expected a finite number" in result.stderr
+    assert not (tmp_path / "out").exists()

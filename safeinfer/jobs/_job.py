@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
 import time
@@ -112,6 +113,7 @@ def generate(
     """
     started = time.monotonic()
     root = Path(out)
+    _check_stop_timeout(stop_timeout)
     ranks = launch_ranks(engine)
     config = _worker_config(
         model,
@@ -130,7 +132,7 @@ def generate(
         images_per_prompt=images_per_prompt,
         negative_prompt=negative_prompt,
         steps=_check_steps(steps),
-        guidance=guidance,
+        guidance=_check_guidance(guidance),
         width=width,
         height=height,
     )
@@ -322,6 +324,26 @@ def _check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"invalid seed {seed!r}: expected a whole number of at least 0")
     return seed
+
+
+def _check_guidance(guidance: float | None) -> float | None:
+    # NaN or infinity would pass to the pipeline and fail every item when its
+    # metadata is written, after the model loaded.
+    if guidance is None:
+        return None
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)):
+        raise ConfigError(f"invalid guidance {guidance!r}: expected a finite number")
+    if not math.isfinite(guidance):
+        raise ConfigError(f"invalid guidance {guidance!r}: expected a finite number")
+    return float(guidance)
+
+
+def _check_stop_timeout(stop_timeout: float) -> None:
+    valid = isinstance(stop_timeout, (int, float)) and not isinstance(stop_timeout, bool)
+    if not valid or not math.isfinite(stop_timeout) or stop_timeout < 0:
+        raise ConfigError(
+            f"invalid stop_timeout {stop_timeout!r}: expected a finite number of seconds >= 0"
+        )
 
 
 def _check_steps(steps: int | None) -> int | None:
