@@ -90,12 +90,43 @@ class ManifestEntry:
 
     @property
     def absolute_path(self) -> Path:
-        """The recorded file's path: ``path`` resolved against the manifest's directory."""
-        return self.manifest.parent / self.path
+        """The recorded file's path: ``path`` resolved against the manifest's directory.
+
+        Raises ManifestError when ``path`` leads out of that directory: an absolute path,
+        ``..`` above it, or a symbolic link on the way that points outside. A manifest is
+        data from whoever could write it, so following such a path could make a reader
+        hash or open any file on the machine (``../../etc/shadow``).
+
+        >>> entry.absolute_path                           # doctest: +SKIP
+        PosixPath('outputs/images/20261204T204512123456Z-9f1c2a7be04d3316.png')
+        """
+        folder = self.manifest.parent
+        target = folder / self.path
+        if not _stays_inside(self.path, target, folder):
+            where = f"{self.manifest}, line {self.line}" if self.line else str(self.manifest)
+            raise ManifestError(
+                f"invalid manifest entry in {where}: path {self.path!r} escapes the manifest "
+                f"folder {folder}; an entry may only name a file inside that folder"
+            )
+        return target
 
     def to_dict(self) -> dict[str, Any]:
         """Return the line's object: path, bytes and sha256 first, then the other fields."""
         return {"path": self.path, "bytes": self.bytes, "sha256": self.sha256, **self.fields}
+
+
+def _stays_inside(path: str, target: Path, folder: Path) -> bool:
+    # The lexical check catches "..", absolute and drive paths even when nothing exists
+    # on disk; the resolved check catches a symbolic link (a file or a directory on the
+    # way) that points outside the folder.
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or PureWindowsPath(path).is_absolute() or "\0" in path:
+        return False
+    if os.path.normpath(pure).split(os.sep, 1)[0] == os.pardir:
+        return False
+    real_folder = os.path.realpath(folder)
+    real_target = os.path.realpath(target)
+    return os.path.commonpath([real_folder, real_target]) == real_folder
 
 
 def _entry_problem(entry: Mapping[str, Any]) -> str | None:

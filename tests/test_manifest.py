@@ -217,3 +217,43 @@ def test_torn_middle_line_skipped(tmp_path: Path, cut: int) -> None:
     good = json.dumps(entry("a.png"))
     path.write_bytes(f"{good}\n".encode() + torn.encode()[:cut] + f"\n{good}\n".encode())
     assert [item.path for item in read_manifest(path)] == ["a.png", "a.png"]
+
+
+@pytest.mark.parametrize("path", ["../secret", "images/../../secret", "/etc/hostname", "C:/x"])
+def test_absolute_path_rejects_escape(tmp_path: Path, path: str) -> None:
+    item = ManifestEntry(path=path, bytes=1, sha256=DIGEST, manifest=tmp_path / "manifest.jsonl")
+    with pytest.raises(ManifestError, match="escapes the manifest folder"):
+        _ = item.absolute_path
+
+
+def test_read_keeps_escaping_entry(tmp_path: Path) -> None:
+    # The line is well formed, so reading it works; only following its path fails.
+    (tmp_path / "manifest.jsonl").write_text(json.dumps(entry("../../etc/hostname")) + "\n")
+    (item,) = read_manifests(tmp_path)
+    with pytest.raises(ManifestError, match=r"manifest\.jsonl, line 1: path '\.\./\.\./etc"):
+        _ = item.absolute_path
+
+
+@pytest.mark.parametrize("link", ["images", "images/a.png"])
+def test_absolute_path_rejects_symlink_out(tmp_path: Path, link: str) -> None:
+    outside = tmp_path / "outside"
+    (outside / "images").mkdir(parents=True)
+    (outside / "images" / "a.png").write_bytes(b"x")
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    if link == "images":
+        (root / "images").rmdir()
+    (root / link).symlink_to(outside / link)
+    item = ManifestEntry(path="images/a.png", bytes=1, sha256=DIGEST, manifest=root / "m.jsonl")
+    with pytest.raises(ManifestError, match="escapes the manifest folder"):
+        _ = item.absolute_path
+
+
+def test_absolute_path_allows_inside(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(tmp_path / "images" / "a.png")
+    manifest = tmp_path / "manifest.jsonl"
+    for path in ("images/a.png", "images/../link.png", "missing/b.png"):
+        item = ManifestEntry(path=path, bytes=1, sha256=DIGEST, manifest=manifest)
+        assert item.absolute_path == tmp_path / path

@@ -128,6 +128,34 @@ def test_manifest_tampered_and_missing(outputs: Path, capsys: pytest.CaptureFixt
     assert [p["code"] for p in records["2.png"]["problems"]] == ["missing-file"]
 
 
+@pytest.mark.parametrize("how", ["dot-dot", "symlink"])
+def test_manifest_path_escape_not_read(
+    outputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    # The outside file matches its entry, so only the escape check can flag it.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    data = sample_png(seed=5)
+    (outside / "secret.png").write_bytes(data)
+    if how == "dot-dot":
+        path = "../outside/secret.png"
+    else:
+        (outputs / "linked").symlink_to(outside)
+        path = "linked/secret.png"
+    digest = hashlib.sha256(data).hexdigest()
+    with Manifest(outputs / "manifest-0.jsonl") as manifest:
+        manifest.append({"path": path, "bytes": len(data), "sha256": digest})
+
+    code = main(["verify", "--manifest", str(outputs), "--json", "--jobs", "1"])
+    assert code == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["ok"] for record in records] == [True, True, True, False]
+    problems = records[3]["problems"]
+    assert [problem["code"] for problem in problems] == ["path-escape"]
+    assert "path escapes the manifest folder" in problems[0]["message"]
+    assert "line 4" in problems[0]["message"]
+
+
 def test_manifest_unreadable_exits_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["verify", "--manifest", str(tmp_path / "absent.jsonl")]) == 2
     assert "cannot read manifest" in capsys.readouterr().err

@@ -9,9 +9,10 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safeinfer.cli import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
+from safeinfer.errors import ManifestError
 from safeinfer.png._limits import DEFAULT_LIMITS
 from safeinfer.png._report import PngReport
 from safeinfer.png._scan import (
@@ -23,10 +24,14 @@ from safeinfer.png._scan import (
 )
 from safeinfer.png._verify import DEFAULT_LEVEL, LEVELS
 
+if TYPE_CHECKING:
+    from safeinfer.manifest import ManifestEntry
+
 EPILOG = """\
 exit status: 0 when every file is fine, 1 when a file is corrupt, over a limit,
-missing from its manifest entry's place or different from it, 2 on usage errors
-or when a path or manifest cannot be read.
+missing from its manifest entry's place or different from it, or when an entry's
+path leads out of its manifest's folder (that file is never read), 2 on usage
+errors or when a path or manifest cannot be read.
 
 The full level (the default) also inflates the image data; structure checks
 the chunks only and is several times faster. Put PATHs before --manifest, or
@@ -159,15 +164,25 @@ def _manifest_tasks(manifests: list[str], pattern: str) -> list[VerifyTask]:
         return []
     from safeinfer.manifest import read_manifests
 
-    return [
-        VerifyTask(
-            str(entry.absolute_path),
-            expected_bytes=entry.bytes,
-            expected_sha256=entry.sha256,
-            check_png=name_matches(os.path.basename(entry.path), pattern),
+    return [_entry_task(entry, pattern) for entry in read_manifests(manifests)]
+
+
+def _entry_task(entry: ManifestEntry, pattern: str) -> VerifyTask:
+    try:
+        path = entry.absolute_path
+    except ManifestError:
+        folder = entry.manifest.parent
+        return VerifyTask(
+            str(folder / entry.path),
+            escape=f"path escapes the manifest folder {folder} ({entry.manifest}, line "
+            f"{entry.line}); the file was not read",
         )
-        for entry in read_manifests(manifests)
-    ]
+    return VerifyTask(
+        str(path),
+        expected_bytes=entry.bytes,
+        expected_sha256=entry.sha256,
+        check_png=name_matches(os.path.basename(entry.path), pattern),
+    )
 
 
 def _with_progress(reports: Iterator[PngReport], *, quiet: bool) -> Iterator[PngReport]:

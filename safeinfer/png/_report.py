@@ -74,6 +74,8 @@ SIZE_MISMATCH: Final = "size-mismatch"
 SHA256_MISMATCH: Final = "sha256-mismatch"
 #: The file could not be opened or read.
 READ_ERROR: Final = "read-error"
+#: The manifest entry's path leads out of the manifest's folder, so the file was not read.
+PATH_ESCAPE: Final = "path-escape"
 
 #: Kind of every code that is not ``corrupt``.
 _KIND_BY_CODE: Final[dict[str, ProblemKind]] = {
@@ -83,6 +85,7 @@ _KIND_BY_CODE: Final[dict[str, ProblemKind]] = {
     SIZE_MISMATCH: "mismatch",
     SHA256_MISMATCH: "mismatch",
     READ_ERROR: "io",
+    PATH_ESCAPE: "mismatch",
 }
 
 

@@ -29,6 +29,7 @@ from safeinfer.png._chunks import READ_PIECE_SIZE
 from safeinfer.png._limits import DEFAULT_LIMITS, Limits
 from safeinfer.png._report import (
     MISSING_FILE,
+    PATH_ESCAPE,
     READ_ERROR,
     SHA256_MISMATCH,
     SIZE_MISMATCH,
@@ -57,6 +58,9 @@ class VerifyTask:
     expected_sha256: str | None = None
     #: False for a manifest entry that is not a PNG: only its size and hash are checked.
     check_png: bool = True
+    #: Why the manifest entry's path leads out of the manifest's folder. When set, the
+    #: file is never opened and the report carries this as a ``path-escape`` problem.
+    escape: str | None = None
 
     @property
     def from_manifest(self) -> bool:
@@ -194,6 +198,10 @@ def verify_batch(batch: list[VerifyTask], level: Level, limits: Limits) -> list[
 
 def verify_task(task: VerifyTask, level: Level, limits: Limits) -> PngReport:
     """Check one file, and its size and SHA-256 against a manifest entry when given."""
+    if task.escape is not None:
+        report = PngReport(path=task.path, level=level)
+        report.problems.append(Problem(PATH_ESCAPE, None, None, task.escape))
+        return report
     digest = hashlib.sha256() if task.expected_sha256 is not None else None
     on_read = digest.update if digest is not None else None
     try:
