@@ -17,6 +17,7 @@ all of them. The tree::
     ├── LockError                  a lock file could not be used (OSError)
     │   └── LockTimeout            a mutex was not acquired in time (TimeoutError)
     ├── GpuBindingError            the GPU choice is impossible, or came too late (RuntimeError)
+    ├── ClosedError                an object was used after its close() (RuntimeError)
     ├── ModelError                 a model could not be found or loaded
     ├── ConfigError                invalid job options or prompt files (ValueError)
     ├── JobError                   a generate job finished with failed items
@@ -33,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ClosedError",
     "ConfigError",
     "CorruptPngError",
     "FileExistsConflict",
@@ -152,6 +154,10 @@ class LockTimeout(LockError, TimeoutError):
 
 class GpuBindingError(SafeInferError, RuntimeError):
     """The requested GPU binding is impossible, or CUDA was initialised before binding."""
+
+
+class ClosedError(SafeInferError, RuntimeError):
+    """An object such as a SafePipeline was used after ``close()``; create a new one."""
 
 
 class ModelError(SafeInferError):

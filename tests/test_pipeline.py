@@ -17,6 +17,7 @@ from PIL import Image
 import safeinfer
 import safeinfer.tiny
 from safeinfer.errors import (
+    ClosedError,
     ConfigError,
     FileExistsConflict,
     InvalidNameError,
@@ -511,6 +512,32 @@ def test_invalid_options(digits_pipe: Any, tmp_path: Path) -> None:
             _wrap(digits_pipe, tmp_path, **options)
     with pytest.raises(ConfigError, match="invalid batch_size 0"):
         _wrap(digits_pipe, tmp_path)("1", seeds=1, batch_size=0)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5, True])
+def test_invalid_inference_steps(digits_pipe: Any, tmp_path: Path, steps: Any) -> None:
+    pipe = _wrap(digits_pipe, tmp_path)
+    with pytest.raises(ConfigError, match=f"invalid num_inference_steps {steps!r}"):
+        pipe("1", seeds=1, num_inference_steps=steps)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("writer_threads", [0, 2])
+def test_call_after_close(digits_pipe: Any, tmp_path: Path, writer_threads: int) -> None:
+    with _wrap(digits_pipe, tmp_path, writer_threads=writer_threads) as pipe:
+        pipe("1", seeds=1, num_inference_steps=STEPS)
+    for call in (pipe, pipe.submit):
+        with pytest.raises(ClosedError, match="SafePipeline is closed"):
+            call("1", seeds=2, num_inference_steps=STEPS)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_largest_seed_accepted(digits_pipe: Any, tmp_path: Path) -> None:
+    pipe = _wrap(digits_pipe, tmp_path)
+    (result,) = pipe("1", seeds=2**64 - 1, num_inference_steps=STEPS)
+    assert read_metadata(result.path)["safeinfer"]["seed"] == 2**64 - 1
+    with pytest.raises(ConfigError, match=r"from 0 to 2\*\*64 - 1"):
+        pipe("1", seeds=2**64, num_inference_steps=STEPS)
 
 
 # --- writer pool ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 from safeinfer.encode import COMPRESSION_MODES, DEFAULT_COMPRESSION, Compression
-from safeinfer.errors import ConfigError, WriteError
+from safeinfer.errors import ClosedError, ConfigError, WriteError
 from safeinfer.pipeline._device import AUTO, place_pipeline
 from safeinfer.pipeline._invoke import CallSpec, output_images
 from safeinfer.pipeline._loading import load_pipeline
@@ -118,6 +118,7 @@ class SafePipeline:
         self.model_name = model_name if model_name is not None else model_label(pipe)
         self._spec = CallSpec.of(pipe)
         self._pool = WriterPool(threads=writer_threads, max_pending=max_pending)
+        self._closed = False
 
     @classmethod
     def from_pretrained(
@@ -245,6 +246,12 @@ class SafePipeline:
         >>> pending = pipe.submit("a cat", seeds=1)                      # doctest: +SKIP
         >>> results = pending.result()                                   # doctest: +SKIP
         """
+        if self._closed:
+            raise ClosedError(
+                f"SafePipeline is closed: {self!r} cannot generate after close() or the end "
+                "of its with block; create a new SafePipeline"
+            )
+        _check_steps(num_inference_steps)
         images_per_prompt = pipeline_kwargs.pop("num_images_per_prompt", 1)
         options = {
             "num_inference_steps": num_inference_steps,
@@ -352,7 +359,8 @@ class SafePipeline:
         return written, seconds
 
     def close(self) -> None:
-        """Wait for pending writes and stop the writer threads."""
+        """Wait for pending writes and stop the writer threads. Later calls raise ClosedError."""
+        self._closed = True
         self._pool.close()
 
     def __enter__(self) -> SafePipeline:
@@ -370,4 +378,12 @@ class SafePipeline:
         return (
             f"SafePipeline({type(self.pipe).__name__}, model={self.model_name!r}, "
             f"device={self.device!r}, output_dir={str(self.output_dir)!r})"
+        )
+
+
+def _check_steps(steps: object) -> None:
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ConfigError(
+            f"invalid num_inference_steps {steps!r}: use an int of 1 or more, or None for "
+            "the pipeline's default"
         )
