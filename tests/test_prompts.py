@@ -106,6 +106,15 @@ BAD_FILES = [
     ("csvseed.csv", "prompt,seed\na,1\nb,x\n", r"csvseed\.csv:3: invalid seed 'x'"),
     ("csvsteps.csv", "prompt,steps\na,1.5\n", r"csvsteps\.csv:2: invalid steps '1.5'"),
     ("prompts.yaml", "- a\n", r"unknown prompt file type '\.yaml'"),
+    ("nul.txt", "a\nb\x00c\n", r"nul\.txt:2: invalid prompt: NUL character at index 1"),
+    ("nul.jsonl", '{"prompt": "a\\u0000"}\n', r"nul\.jsonl:1: invalid prompt: NUL character"),
+    ("nulstr.jsonl", '"a"\n"\\u0000"\n', r"nulstr\.jsonl:2: invalid prompt: NUL character"),
+    (
+        "nulneg.jsonl",
+        '{"prompt": "a", "negative_prompt": "b\\u0000"}\n',
+        r"nulneg\.jsonl:1: invalid negative_prompt: NUL character",
+    ),
+    ("nul.csv", "prompt\na\nx\x00\n", r"nul\.csv:3: invalid prompt: NUL character"),
 ]
 
 
@@ -117,6 +126,17 @@ def test_bad_prompt_file(tmp_path: Path, name: str, text: str, message: str) -> 
 
     with pytest.raises(ConfigError, match=message):
         read_prompts(path)
+
+
+def test_nul_in_prompt_list() -> None:
+    with pytest.raises(ConfigError, match="prompt list:2: invalid prompt: NUL character"):
+        read_prompts(["a", "b\x00"])
+
+
+def test_tab_and_control_characters_pass(tmp_path: Path) -> None:
+    path = _write(tmp_path, "tabs.jsonl", '{"prompt": "a\\tb\\u0001c"}\n')
+
+    assert [row.prompt for row in read_prompts(path)] == ["a\tb\x01c"]
 
 
 def test_invalid_utf8_names_line(tmp_path: Path) -> None:

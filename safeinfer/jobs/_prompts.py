@@ -168,6 +168,7 @@ def _read_txt(text: str, name: str) -> Iterator[PromptRow]:
     for number, line in enumerate(text.splitlines(), start=1):
         prompt = line.strip()
         if prompt and not prompt.startswith(COMMENT_PREFIX):
+            _check_text(prompt, "prompt", f"{name}:{number}")
             yield PromptRow(row=0, line=number, prompt=prompt)
 
 
@@ -237,6 +238,7 @@ def _parse_entry(
 ) -> PromptRow:
     where = f"{name}:{line}"
     if isinstance(entry, str) and allow_text:
+        _check_text(entry, "prompt", where)
         return PromptRow(row=0, line=line, prompt=entry)
     if not isinstance(entry, Mapping):
         raise ConfigError(
@@ -252,6 +254,9 @@ def _parse_entry(
     negative = values.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise ConfigError(f"{where}: 'negative_prompt' must be text, got {negative!r}")
+    _check_text(prompt, "prompt", where)
+    if negative is not None:
+        _check_text(negative, "negative_prompt", where)
     width, height = _parse_dimensions(values, where, from_text)
     return PromptRow(
         row=0,
@@ -264,6 +269,16 @@ def _parse_entry(
         width=width,
         height=height,
     )
+
+
+def _check_text(text: str, key: str, where: str) -> None:
+    # Prompts go into the PNG text metadata, which cannot hold NUL. Other control
+    # characters are valid there and pass.
+    if "\x00" in text:
+        raise ConfigError(
+            f"{where}: invalid {key}: NUL character at index {text.index(chr(0))}; "
+            "remove it, because PNG text metadata cannot contain NUL"
+        )
 
 
 def _parse_dimensions(
