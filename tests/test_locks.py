@@ -258,6 +258,22 @@ def test_empty_lock_name_is_rejected(tmp_path: Path, name: str) -> None:
         mutex(name, lock_dir=tmp_path)
 
 
+@pytest.mark.parametrize("lock_dir", ["a-file", "a-file/locks"])
+def test_lock_dir_that_is_a_file(tmp_path: Path, lock_dir: str) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(LockError, match="it or a parent is a file") as raised:
+        mutex("x", lock_dir=tmp_path / lock_dir)
+    assert str(tmp_path / lock_dir) in str(raised.value)
+    assert raised.value.lock_file == str(tmp_path / lock_dir)
+
+
+def test_lock_dir_env_that_is_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    monkeypatch.setenv("SAFEINFER_LOCK_DIR", str(tmp_path / "a-file"))
+    with pytest.raises(LockError, match=r"\(SAFEINFER_LOCK_DIR\): it or a parent is a file"):
+        mutex("x")
+
+
 @pytest.mark.parametrize("timeout", [-1.0, float("inf"), float("nan")])
 def test_timeout_must_be_finite(tmp_path: Path, timeout: float) -> None:
     with pytest.raises(ConfigError, match="invalid lock timeout"):

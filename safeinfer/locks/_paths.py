@@ -70,14 +70,11 @@ def prepare_lock_dir(lock_dir: str | os.PathLike[str] | None) -> Path:
     the umask's permissions and is trusted as given.
     """
     if lock_dir is not None:
-        path = Path(lock_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _make_named_dir(Path(lock_dir), "lock_dir")
 
     path = default_lock_dir()
     if os.environ.get(LOCK_DIR_ENV):
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return _make_named_dir(path, LOCK_DIR_ENV)
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700, parents=True)
     info = path.lstat()
@@ -88,4 +85,22 @@ def prepare_lock_dir(lock_dir: str | os.PathLike[str] | None) -> Path:
             f"remove it, or set {LOCK_DIR_ENV} to another directory",
             lock_file=str(path),
         )
+    return path
+
+
+def _make_named_dir(path: Path, source: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise LockError(
+            f"cannot use the lock directory {path} ({source}): it or a parent is a file, "
+            "not a directory; pass a directory path",
+            lock_file=str(path),
+        ) from error
+    except OSError as error:
+        raise LockError(
+            f"cannot create the lock directory {path} ({source}): {error.strerror} "
+            f"[errno {error.errno}]; pass a directory this user can write to",
+            lock_file=str(path),
+        ) from error
     return path
