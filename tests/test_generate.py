@@ -69,8 +69,8 @@ def test_saved_pipeline_folder(tmp_path: Path) -> None:
     assert entry.fields["model"] == "my-pipeline"
 
 
-def test_failures_retried_and_parameters_recorded(tmp_path: Path) -> None:
-    # The digits model rejects a prompt that names no digit, on every attempt.
+def test_failures_and_parameters_recorded(tmp_path: Path) -> None:
+    # The digits model rejects a prompt that names no digit with a ConfigError.
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"prompt": "7", "seed": 41}, {"prompt": "a cat"}, {"prompt": "8", "steps": 3}]
     prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -83,7 +83,7 @@ def test_failures_retried_and_parameters_recorded(tmp_path: Path) -> None:
     summary = error.summary
     assert summary is not None
     assert (summary.written, summary.not_started) == (2, 0)
-    assert "names no digit" in summary.failed["000001-00"]
+    assert "ConfigError: invalid digit prompt 'a cat'" in summary.failed["000001-00"]
     assert summary.manifests == ["manifest-cpu0.jsonl"]
     assert_job_consistent(tmp_path / "out", ["000000-00", "000002-00"])
     entries = {entry.fields["item"]: entry for entry in read_manifests(tmp_path / "out")}
@@ -159,3 +159,25 @@ def test_bad_prompt_file_names_line(tmp_path: Path) -> None:
 def test_invalid_options(tmp_path: Path, options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         safeinfer.generate(["7"], tmp_path / "out", progress=False, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_prompt_the_model_rejects_is_not_retried(tmp_path: Path, batch_size: int) -> None:
+    from safeinfer.jobs import run_items
+    from safeinfer.manifest import Manifest
+    from safeinfer.pipeline import SafePipeline
+
+    items = make_items(read_prompts(["7", "digit 4 number 14"]), steps=TEST_STEPS)
+    pipe = SafePipeline.from_pretrained("tiny-digits", output_dir=tmp_path, if_exists="replace")
+    with pipe, Manifest(tmp_path / "manifest-test.jsonl") as manifest:
+        outcomes = run_items(
+            items, pipe, manifest=manifest, worker="test", batch_size=batch_size, retries=3
+        )
+
+    by_id = {outcome.item_id: outcome for outcome in outcomes}
+    bad = by_id[items[1].id]
+    assert bad.error is not None
+    assert "ConfigError: invalid digit prompt 'digit 4 number 14'" in bad.error
+    # A batch is split first: the item's second call is its first one alone.
+    assert bad.attempts == batch_size
+    assert by_id[items[0].id].ok

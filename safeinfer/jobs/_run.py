@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from safeinfer.errors import ConfigError
 from safeinfer.jobs._items import Item
 from safeinfer.manifest import Manifest
 
@@ -48,8 +49,9 @@ class ItemRunner:
     item's name and is then recorded in ``manifest`` with the item id, parameters,
     ``worker``, ``device``, ``model`` (by default the pipeline's own) and timings. A
     failed call or write is retried one item at a time, up to ``retries`` more attempts
-    per item. ``on_outcome`` is called once per item, when it is recorded or has failed
-    for good.
+    per item. An item that fails alone with a ConfigError (a prompt the model rejects)
+    is not retried. ``on_outcome`` is called once per item, when it is recorded or has
+    failed for good.
 
     The files of the last call may still be in the writer pool when :meth:`run`
     returns. Call :meth:`flush` before waiting for more work, and before exiting.
@@ -141,10 +143,14 @@ class ItemRunner:
         self._finish(ItemOutcome(item.id, attempts, entry=entry))
 
     def _retryable(self, part: Sequence[Item], error: Exception) -> list[Item]:
+        # A ConfigError is about the request (a prompt the model cannot draw, a bad
+        # option) and fails again on every attempt. Only the item alone is certain to
+        # be the cause, so a batch is still split first.
+        hopeless = isinstance(error, ConfigError) and len(part) == 1
         retry = []
         for item in part:
             attempts = self._attempts[item.id]
-            if attempts <= self._retries:
+            if attempts <= self._retries and not hopeless:
                 logger.warning(
                     "worker %s: item %s failed (attempt %d of %d): %s",
                     self._worker,
