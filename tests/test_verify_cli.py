@@ -128,6 +128,28 @@ def test_manifest_tampered_and_missing(outputs: Path, capsys: pytest.CaptureFixt
     assert [p["code"] for p in records["2.png"]["problems"]] == ["missing-file"]
 
 
+def test_file_in_path_and_manifest_checked_once(
+    outputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = outputs / "images" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:-30])
+    # The same entries again in a second manifest, and one file named twice as a PATH.
+    (outputs / "manifest-1.jsonl").write_bytes((outputs / "manifest-0.jsonl").read_bytes())
+    args = [str(outputs), str(outputs / "images" / ".." / "images" / "0.png")]
+
+    code = main(["verify", *args, "--manifest", str(outputs), "--json", "--jobs", "2"])
+    assert code == 1
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [Path(record["path"]).name for record in records] == ["0.png", "1.png", "2.png"]
+    codes = [problem["code"] for problem in records[1]["problems"]]
+    assert codes[0] == "truncated"
+    assert "size-mismatch" in codes
+    assert "sha256-mismatch" in codes
+    assert len(codes) == len(set(codes))
+    assert "checked 3 file(s): 2 ok, 1 with problems" in captured.err
+
+
 @pytest.mark.parametrize("how", ["dot-dot", "symlink"])
 def test_manifest_path_escape_not_read(
     outputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str

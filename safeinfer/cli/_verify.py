@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import itertools
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -143,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"safeinfer verify: error: cannot read manifest: {error}", file=sys.stderr)
         return EXIT_USAGE
-    path_tasks = (VerifyTask(path) for path in iter_files(args.paths, pattern=args.pattern))
-    tasks = itertools.chain(path_tasks, manifest_tasks)
+    tasks = _merge_tasks(iter_files(args.paths, pattern=args.pattern), manifest_tasks)
     reports = run_tasks(tasks, level=args.level, jobs=args.jobs, limits=DEFAULT_LIMITS)
     tally = _Tally()
     for report in _with_progress(reports, quiet=args.quiet):
@@ -157,6 +156,40 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"safeinfer verify: {tally.summary()}", file=sys.stderr)
     return tally.exit_code()
+
+
+def _merge_tasks(paths: Iterable[str], manifest_tasks: list[VerifyTask]) -> Iterator[VerifyTask]:
+    """Yield one task per file: PATHs in walk order, then the manifests' other entries.
+
+    Files are told apart by their resolved path, so a file reached as a PATH and through a
+    manifest (or twice as a PATH, or in two manifests) is read once, and its report holds
+    the PNG check and the manifest's size and hash check together.
+    """
+    by_real_path: dict[str, VerifyTask] = {}
+    escaped: list[VerifyTask] = []
+    for task in manifest_tasks:
+        if task.escape is not None:
+            escaped.append(task)
+        else:
+            by_real_path.setdefault(os.path.realpath(task.path), task)
+    # NOTE: the set of resolved paths grows with the number of files checked, about
+    # 100 bytes per file.
+    seen: set[str] = set()
+    for path in paths:
+        real_path = os.path.realpath(path)
+        if real_path in seen:
+            continue
+        seen.add(real_path)
+        entry_task = by_real_path.get(real_path)
+        if entry_task is None:
+            yield VerifyTask(path)
+        else:
+            # A PATH is checked as a PNG whatever its name, like any PATH.
+            yield dataclasses.replace(entry_task, path=path, check_png=True)
+    for real_path, task in by_real_path.items():
+        if real_path not in seen:
+            yield task
+    yield from escaped
 
 
 def _manifest_tasks(manifests: list[str], pattern: str) -> list[VerifyTask]:
