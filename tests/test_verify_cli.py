@@ -71,6 +71,39 @@ def test_no_paths_exits_two(capsys: pytest.CaptureFixture[str]) -> None:
     assert "give at least one PATH" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{empty}"], "no files matched --pattern '*.png' in {empty}"),
+        (["{good}", "--pattern", "["], "no files matched --pattern '[' in {good}"),
+        (["--manifest", "{good}"], "no manifest*.jsonl in {good}"),
+        (["--manifest", "{empty_manifest}"], "the manifests list no files"),
+    ],
+)
+def test_nothing_checked_exits_two(
+    good_dir: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "manifest.jsonl").write_text("")
+    places = {
+        "empty": tmp_path / "empty",
+        "good": good_dir,
+        "empty_manifest": tmp_path / "manifest.jsonl",
+    }
+    filled = [arg.format(**places) for arg in args]
+    result = subprocess.run(
+        [sys.executable, "-m", "safeinfer", "verify", "--jobs", "1", *filled],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    expected = f"safeinfer verify: error: {message.format(**places)}"
+    assert result.stderr.startswith(expected), result.stderr
+    assert result.stdout == ""
+
+
 def test_bad_jobs_is_usage_error(good_dir: Path) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["verify", str(good_dir), "--jobs", "0"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from safeinfer.cli import EXIT_FAILURES, EXIT_OK, EXIT_USAGE
-from safeinfer.errors import ManifestError
+from safeinfer.errors import ConfigError, ManifestError
 from safeinfer.png._limits import DEFAULT_LIMITS
 from safeinfer.png._report import PngReport
 from safeinfer.png._scan import (
@@ -31,7 +31,7 @@ EPILOG = """\
 exit status: 0 when every file is fine, 1 when a file is corrupt, over a limit,
 missing from its manifest entry's place or different from it, or when an entry's
 path leads out of its manifest's folder (that file is never read), 2 on usage
-errors or when a path or manifest cannot be read.
+errors, when a path or manifest cannot be read, or when nothing matched.
 
 The full level (the default) also inflates the image data; structure checks
 the chunks only and is several times faster. Put PATHs before --manifest, or
@@ -153,9 +153,22 @@ def run(args: argparse.Namespace) -> int:
         elif not args.quiet and not report.ok:
             _print_problems(report)
     sys.stdout.flush()
+    if tally.files == 0:
+        # An empty run that passed would hide a typo in a path or a --pattern.
+        print(f"safeinfer verify: error: {_nothing_checked(args)}", file=sys.stderr)
+        return EXIT_USAGE
     if not args.quiet:
         print(f"safeinfer verify: {tally.summary()}", file=sys.stderr)
     return tally.exit_code()
+
+
+def _nothing_checked(args: argparse.Namespace) -> str:
+    parts = []
+    if args.paths:
+        parts.append(f"no files matched --pattern {args.pattern!r} in {', '.join(args.paths)}")
+    if args.manifest:
+        parts.append(f"the manifests list no files: {', '.join(args.manifest)}")
+    return "; ".join(parts)
 
 
 def _merge_tasks(paths: Iterable[str], manifest_tasks: list[VerifyTask]) -> Iterator[VerifyTask]:
@@ -195,8 +208,14 @@ def _merge_tasks(paths: Iterable[str], manifest_tasks: list[VerifyTask]) -> Iter
 def _manifest_tasks(manifests: list[str], pattern: str) -> list[VerifyTask]:
     if not manifests:
         return []
-    from safeinfer.manifest import read_manifests
+    from safeinfer.manifest import MANIFEST_GLOB, find_manifests, read_manifests
 
+    for source in manifests:
+        if os.path.isdir(source) and not find_manifests(source):
+            raise ConfigError(
+                f"no {MANIFEST_GLOB} in {source}: give a folder that a job wrote its "
+                "manifests to, or the manifest files themselves"
+            )
     return [_entry_task(entry, pattern) for entry in read_manifests(manifests)]
 
 
