@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -339,3 +340,28 @@ def test_import_tiny_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "[]"
+
+
+LOAD_TINY_SD_CHILD = """
+import logging, safeinfer.tiny
+safeinfer.tiny.load("tiny-sd")
+source = logging.getLogger("transformers.utils.import_utils")
+print("filters after load:", len(source.filters))
+source.warning("another transformers warning")
+"""
+
+
+def test_tiny_sd_load_hides_only_torchvision_fallback() -> None:
+    import subprocess
+
+    # A fresh interpreter, because transformers warns about the fallback once per process.
+    child = subprocess.run(
+        [sys.executable, "-c", LOAD_TINY_SD_CHILD],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    assert "torchvision" not in child.stderr
+    assert "another transformers warning" in child.stderr
+    assert "filters after load: 0" in child.stdout

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from safeinfer.errors import ModelError
 from safeinfer.tiny._registry import model_path
@@ -16,6 +18,32 @@ logger = logging.getLogger(__name__)
 #: Pipeline classes that safeinfer defines, by the ``_class_name`` in model_index.json.
 #: diffusers looks ``_class_name`` up in its own module, where these are not found.
 _OWN_PIPELINES = frozenset({"DigitsPipeline"})
+
+#: The transformers logger that warns, once per class, when diffusers looks up an image
+#: processor such as ``CLIPImageProcessor`` without torchvision installed (transformers
+#: 5.x, ``transformers/utils/import_utils.py``). No embedded model has an image processor.
+_TRANSFORMERS_IMPORT_LOGGER: Final = "transformers.utils.import_utils"
+_TORCHVISION_FALLBACK_TEXT: Final = "requires torchvision (not installed)"
+
+
+def _is_not_torchvision_fallback(record: logging.LogRecord) -> bool:
+    return _TORCHVISION_FALLBACK_TEXT not in record.getMessage()
+
+
+@contextmanager
+def _without_torchvision_fallback_warnings() -> Iterator[None]:
+    """Drop transformers' torchvision fallback warnings, and only those, while loading.
+
+    The filter sits on the one transformers logger and is removed afterwards, so other
+    transformers warnings still appear. NOTE: transformers' ``warning_once`` remembers a
+    dropped message, so the same class's fallback stays silent for the rest of the process.
+    """
+    source = logging.getLogger(_TRANSFORMERS_IMPORT_LOGGER)
+    source.addFilter(_is_not_torchvision_fallback)
+    try:
+        yield
+    finally:
+        source.removeFilter(_is_not_torchvision_fallback)
 
 
 def load(name: str, **kwargs: Any) -> Any:
@@ -34,7 +62,8 @@ def load(name: str, **kwargs: Any) -> Any:
     folder = model_path(name)
     kwargs["local_files_only"] = True
     try:
-        pipe = pipeline_class(folder).from_pretrained(str(folder), **kwargs)
+        with _without_torchvision_fallback_warnings():
+            pipe = pipeline_class(folder).from_pretrained(str(folder), **kwargs)
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(
             f"cannot load the embedded model {name!r} from {folder}: {error}; "
