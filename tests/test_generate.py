@@ -181,3 +181,19 @@ def test_prompt_the_model_rejects_is_not_retried(tmp_path: Path, batch_size: int
     # A batch is split first: the item's second call is its first one alone.
     assert bad.attempts == batch_size
     assert by_id[items[0].id].ok
+
+
+def test_manifest_records_pipeline_defaults(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    safeinfer.generate(["7"], out, size="32x32", progress=False)
+
+    (entry,) = read_manifests(out)
+    # tiny-digits defaults to 50 steps and guidance 2.0.
+    assert entry.fields["steps"] == 50
+    assert entry.fields["guidance"] == 2.0
+    assert (entry.fields["width"], entry.fields["height"]) == (32, 32)
+    assert entry.fields["defaults"] == ["steps", "guidance"]
+
+    again = safeinfer.generate(["7"], out, size="32x32", resume=True, progress=False)
+
+    assert (again.skipped, again.written) == (1, 0)

@@ -134,3 +134,41 @@ def test_resume_with_nothing_left(finished_job: tuple[Path, list[Item], dict[str
 
     assert (summary.total, summary.skipped, summary.written) == (4, 4, 0)
     assert summary.ok
+
+
+def _publish_with_defaults(root: Path, item: Item) -> None:
+    folder, _, stem = item.name.rpartition("/")
+    image = np.full((8, 8, 3), 7, dtype=np.uint8)
+    result = save_png(image, root / folder / "", name=stem.removesuffix(".png"), if_exists="error")
+    params = {**item.params(), "steps": 50, "guidance": 2.0}
+    with Manifest(root / "manifest-cpu0.jsonl") as manifest:
+        manifest.record(result, item=item.id, **params, defaults=["steps", "guidance"])
+
+
+@pytest.mark.parametrize(
+    ("steps", "guidance", "finished"),
+    [
+        (None, None, True),
+        (50, 2.0, True),
+        (50, None, True),
+        (4, None, False),
+        (None, 3.0, False),
+    ],
+)
+def test_recorded_defaults_match_items(
+    tmp_path: Path, steps: int | None, guidance: float | None, finished: bool
+) -> None:
+    (item,) = make_items(read_prompts(["seven"]))
+    _publish_with_defaults(tmp_path, item)
+    wanted = dataclasses.replace(item, steps=steps, guidance=guidance)
+
+    assert (wanted.id in find_finished([wanted], tmp_path)) is finished
+
+
+def test_requested_steps_are_not_a_default(
+    finished_job: tuple[Path, list[Item], dict[str, Path]],
+) -> None:
+    root, items, _ = finished_job
+    default_steps = [dataclasses.replace(item, steps=None) for item in items]
+
+    assert find_finished(default_steps, root) == {}

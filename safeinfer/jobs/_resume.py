@@ -92,7 +92,18 @@ def prune_manifests(root: Path, todo: Iterable[Item]) -> int:
 
 
 def _same_params(item: Item, entry: ManifestEntry) -> bool:
-    return all(entry.fields.get(key) == value for key, value in item.params().items())
+    # A parameter the item leaves to the pipeline matches only a line that used the
+    # pipeline's default too. Lines written before "defaults" existed hold null there.
+    defaults = entry.fields.get("defaults") or []
+    for key, value in item.params().items():
+        recorded = entry.fields.get(key)
+        if value is None:
+            if recorded is not None and key not in defaults:
+                return False
+        elif recorded != value:
+            # An explicit value equal to the default that was used makes the same image.
+            return False
+    return True
 
 
 def _first_match(entries: Iterable[ManifestEntry]) -> ManifestEntry | None:

@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: Retries of an item after its first failed attempt, before it is reported failed.
 DEFAULT_RETRIES: Final = 2
+#: Item parameters that the pipeline fills in with its own default when they are None.
+DEFAULTABLE_PARAMS: Final = ("steps", "guidance", "width", "height")
 
 
 @dataclass(frozen=True)
@@ -129,10 +131,21 @@ class ItemRunner:
 
     def _record(self, item: Item, result: Any) -> None:
         attempts = self._attempts[item.id]
+        params = item.params()
+        # Options the item left to the pipeline are recorded with the values it used,
+        # and listed in "defaults" so that resume can tell them from requested ones.
+        defaults = [
+            key
+            for key in DEFAULTABLE_PARAMS
+            if params[key] is None and result.metadata.get(key) is not None
+        ]
+        for key in defaults:
+            params[key] = result.metadata[key]
         entry = self._manifest.record(
             result,
             item=item.id,
-            **item.params(),
+            **params,
+            defaults=defaults,
             model=self._model,
             worker=self._worker,
             device=self._device,
