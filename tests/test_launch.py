@@ -419,6 +419,32 @@ def test_cli_requires_command() -> None:
     assert "after '--'" in result.stderr
 
 
+def test_cli_rejects_bad_health_url(tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    options = ["--workers", "1", "--health", "notaurl", "--run-dir", str(tmp_path / "run")]
+    result = subprocess.run(
+        [PYTHON, "-m", "safeinfer", "launch", *options, "--", "touch", str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "safeinfer launch: error: invalid health URL 'notaurl': the scheme must be http"
+    ), result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["http://127.0.0.1:{port}/health-check", "https://localhost/{worker}", "http://[::1]:{port}"],
+)
+def test_launcher_accepts_health_url(template: str, tmp_path: Path) -> None:
+    launcher = Launcher([PYTHON, "-c", "pass"], workers=1, health=template, run_dir=tmp_path)
+    assert launcher.health == template
+
+
 # -- options ------------------------------------------------------------------------------
 
 
@@ -457,6 +483,12 @@ def test_gpus_auto_without_gpu_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         {"workers": 1, "max_restarts": -1},
         {"workers": 1, "backoff": (2.0, 1.0)},
         {"workers": 1, "health_timeout": 0},
+        {"workers": 1, "health_timeout": float("nan")},
+        {"workers": 1, "health": "notaurl"},
+        {"workers": 1, "health": "ftp://127.0.0.1:{port}/"},
+        {"workers": 1, "health": "http:///health-check"},
+        {"workers": 1, "health": "http://127.0.0.1:99999/"},
+        {"workers": 1, "health": "http://[::1/health-check"},
     ],
 )
 def test_launcher_rejects_options(

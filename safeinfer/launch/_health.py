@@ -5,8 +5,11 @@ from __future__ import annotations
 import enum
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Final
+
+from safeinfer.errors import ConfigError
 
 #: Seconds one probe waits. Probes run in the supervising loop, so they must be short.
 PROBE_TIMEOUT: Final = 1.0
@@ -27,6 +30,22 @@ class Health(enum.Enum):
     READY = "ready"
     STARTING = "starting"  #: no answer yet, or an answer that is not ready
     FAILED = "failed"  #: the server reports a failure that a restart may fix
+
+
+def check_health_url(url: str) -> None:
+    """Raise ConfigError unless ``url`` is an http or https URL with a host and a valid port."""
+    fix = "give a URL like http://127.0.0.1:{port}/health-check"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as error:  # an unclosed IPv6 bracket, a port out of range
+        raise ConfigError(f"invalid health URL {url!r}: {error}; {fix}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"invalid health URL {url!r}: the scheme must be http or https; {fix}")
+    if not parts.hostname:
+        raise ConfigError(f"invalid health URL {url!r}: no host; {fix}")
+    if port == 0:
+        raise ConfigError(f"invalid health URL {url!r}: port 0; {fix}")
 
 
 def probe(url: str, *, timeout: float = PROBE_TIMEOUT) -> tuple[Health, str]:

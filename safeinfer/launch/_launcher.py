@@ -22,7 +22,7 @@ from safeinfer._supervisor import (
     popen_child,
 )
 from safeinfer.errors import ConfigError, LaunchError
-from safeinfer.launch._health import Health, probe
+from safeinfer.launch._health import Health, check_health_url, probe
 from safeinfer.launch._plan import (
     DEFAULT_BASE_PORT,
     WorkerInfo,
@@ -132,8 +132,11 @@ class Launcher:
                 env=env,
                 threads=threads,
             )
-            if health_timeout <= 0:
+            if not health_timeout > 0:  # also rejects NaN
                 raise ConfigError(f"invalid health_timeout={health_timeout}: must be above 0")
+            if health is not None:
+                for worker in self.workers:
+                    check_health_url(worker.health_url(health))
             try:
                 self._supervisor = Supervisor(
                     [ChildSpec(worker.name, self._starter(worker)) for worker in self.workers],
