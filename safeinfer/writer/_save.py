@@ -70,8 +70,8 @@ def save_png(
     ``image`` is a PIL image, a numpy array or a torch tensor. Arrays are HW or HWC with
     1 to 4 channels, as uint8, uint16, or float in [0, 1]. Other integer dtypes are
     stored at 8 bits when every value is at most 255, else at 16 bits when every value is
-    at most 65535. Other values raise. Tensors are CHW or HWC, on any device. Decoding the file gives back
-    the pixels exactly, after floats are quantised to 8 bits.
+    at most 65535. Other values raise. Tensors are CHW or HWC, on any device. Decoding
+    the file gives back the pixels exactly, after floats are quantised to 8 bits.
 
     ``dest`` is a directory when it exists as one, ends with a path separator, or has no
     suffix: the file then gets a unique, time-sortable name with ``name`` (sanitised) as
