@@ -142,6 +142,7 @@ def test_bad_prompt_file_names_line(tmp_path: Path) -> None:
         ({"steps": 0}, "invalid steps 0"),
         ({"size": "64"}, "invalid size '64'"),
         ({"seed": -1}, "invalid seed -1"),
+        ({"seed": 2**64}, r"invalid seed 18446744073709551616: expected a whole number from 0"),
         ({"images_per_prompt": 0}, "invalid images_per_prompt 0"),
         ({"batch_size": 0}, "invalid batch size 0"),
         ({"dtype": "float8"}, "invalid dtype 'float8'"),

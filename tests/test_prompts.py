@@ -95,6 +95,12 @@ BAD_FILES = [
     ),
     ("boolseed.jsonl", '{"prompt": "a", "seed": true}\n', r"boolseed\.jsonl:1: invalid seed True"),
     ("negseed.jsonl", '{"prompt": "a", "seed": -1}\n', r"negseed\.jsonl:1: invalid seed -1"),
+    (
+        "bigseed.jsonl",
+        '{"prompt": "a", "seed": 18446744073709551616}\n',
+        r"bigseed\.jsonl:1: invalid seed 18446744073709551616: expected a whole number from 0 "
+        r"to 18446744073709551615",
+    ),
     ("guid.jsonl", '{"prompt": "a", "guidance": "x"}\n', r"guid\.jsonl:1: invalid guidance"),
     ("size.jsonl", '{"prompt": "a", "size": "64by64"}\n', r"size\.jsonl:1: invalid size '64by64'"),
     ("zero.jsonl", '{"prompt": "a", "size": "0x64"}\n', r"zero\.jsonl:1: invalid size '0x64'"),
@@ -126,6 +132,27 @@ def test_bad_prompt_file(tmp_path: Path, name: str, text: str, message: str) -> 
 
     with pytest.raises(ConfigError, match=message):
         read_prompts(path)
+
+
+def test_largest_seed_matches_torch() -> None:
+    import torch
+
+    largest = 2**64 - 1
+    (row,) = read_prompts([{"prompt": "a", "seed": largest}])
+    (item,) = make_items([row])
+
+    assert item.seed == largest
+    torch.Generator().manual_seed(item.seed)
+    with pytest.raises(ValueError, match="Overflow"):
+        torch.Generator().manual_seed(largest + 1)
+
+
+def test_seeds_past_largest_are_rejected() -> None:
+    rows = read_prompts(["a", {"prompt": "b", "seed": 2**64 - 2}])
+
+    with pytest.raises(ConfigError, match=r"invalid seed 18446744073709551614 on line 2: with 3"):
+        make_items(rows, images_per_prompt=3)
+    assert make_items(rows, images_per_prompt=2)[-1].seed == 2**64 - 1
 
 
 def test_nul_in_prompt_list() -> None:

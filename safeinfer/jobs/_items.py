@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from safeinfer.errors import ConfigError, InvalidNameError
-from safeinfer.jobs._prompts import PromptRow
+from safeinfer.jobs._prompts import MAX_SEED, PromptRow
 from safeinfer.naming import sanitize_stem
 
 __all__ = ["FILES_PER_FOLDER", "Item", "derive_seed", "item_name", "make_items", "shard"]
@@ -137,6 +137,12 @@ def make_items(
             index = row.row * images_per_prompt + k
             item_id = f"{row.row:06d}-{k:02d}"
             item_seed = row.seed + k if row.seed is not None else derive_seed(seed, row.row, k)
+            if item_seed > MAX_SEED:
+                raise ConfigError(
+                    f"invalid seed {row.seed} on line {row.line}: with {images_per_prompt} "
+                    f"images per prompt the seeds reach {item_seed}, past the largest seed "
+                    f"2**64 - 1; use a seed of at most {MAX_SEED - images_per_prompt + 1}"
+                )
             items.append(
                 Item(
                     id=item_id,

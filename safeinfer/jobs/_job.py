@@ -17,7 +17,7 @@ from safeinfer.jobs._cluster import cluster_engine, launch_ranks
 from safeinfer.jobs._items import Item, make_items
 from safeinfer.jobs._local import LocalEngine
 from safeinfer.jobs._progress import Progress
-from safeinfer.jobs._prompts import PromptSource, parse_size, read_prompts
+from safeinfer.jobs._prompts import MAX_SEED, PromptSource, parse_size, read_prompts
 from safeinfer.jobs._rank_engine import gather_summary
 from safeinfer.jobs._ranks import RankInfo
 from safeinfer.jobs._resume import find_finished, manifest_names, prune_manifests
@@ -321,8 +321,8 @@ def _job_size(size: str | tuple[int, int] | None) -> tuple[int | None, int | Non
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"invalid seed {seed!r}: expected a whole number of at least 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"invalid seed {seed!r}: expected a whole number from 0 to 2**64 - 1")
     return seed
 
 

@@ -39,9 +39,9 @@ COLUMNS: Final = (
     "width",
     "height",
 )
-#: Largest seed accepted: torch generators take 64-bit seeds, and a row's seed plus the
-#: image index must stay below that.
-MAX_SEED: Final = 2**63 - 1
+#: Largest seed accepted, as in ``torch.Generator.manual_seed`` and ``SafePipeline``: an
+#: unsigned 64-bit number. A row's seed plus its image index must not pass it either.
+MAX_SEED: Final = 2**64 - 1
 #: Largest width or height in pixels; a bigger value is a typo, not a request.
 MAX_SIDE: Final = 16384
 #: A ``.txt`` line starting with this is a comment.
