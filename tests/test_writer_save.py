@@ -98,6 +98,28 @@ def test_file_path_rejects_name(tmp_path: Path) -> None:
         save_png(RGB, tmp_path / "out.png", name="x")
 
 
+@pytest.mark.parametrize("dest", [".png", ".PNG", "sub/.png", ".jpg"])
+def test_suffix_only_destination_rejected(tmp_path: Path, dest: str) -> None:
+    with pytest.raises(InvalidNameError, match="has no file name") as raised:
+        save_png(RGB, tmp_path / dest)
+    assert f"give a name like out{dest[-4:].lower()} or a folder like out/" in str(raised.value)
+    assert os.listdir(tmp_path) == [], "a failed save created files or directories"
+
+
+@pytest.mark.parametrize("image_format", ["jpeg", "webp"])
+def test_suffix_only_destination_rejected_for_lossy(tmp_path: Path, image_format: str) -> None:
+    with pytest.raises(InvalidNameError, match="has no file name"):
+        save_image(RGB, tmp_path / f".{image_format}", format=image_format)
+    assert os.listdir(tmp_path) == []
+
+
+def test_suffix_only_folder_stays_usable(tmp_path: Path) -> None:
+    explicit = save_png(RGB, os.path.join(tmp_path, ".png", ""), durability="none")
+    assert explicit.path.parent == tmp_path / ".png"
+    existing = save_png(RGB, tmp_path / ".png", durability="none")
+    assert existing.path.parent == tmp_path / ".png"
+
+
 def test_file_path_with_wrong_suffix(tmp_path: Path) -> None:
     with pytest.raises(InvalidNameError, match=r"ending in \.png"):
         save_png(RGB, tmp_path / "out.jpg")

@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Final
 
 from safeinfer.errors import InvalidNameError, InvalidTypeError
 from safeinfer.naming import sanitize_stem, unique_name
 from safeinfer.writer._result import IfExists
+
+#: Every suffix that save_png and save_image write. A destination named only one of them,
+#: such as ".png", has no suffix to pathlib, so it would become a hidden folder.
+IMAGE_SUFFIXES: Final = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _reject_suffix_only_name(dest: str | os.PathLike[str]) -> None:
+    text = os.fspath(dest)
+    separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
+    name = Path(text).name
+    if text.endswith(separators) or name.lower() not in IMAGE_SUFFIXES or Path(text).is_dir():
+        return
+    raise InvalidNameError(
+        f"invalid destination {text!r}: {name!r} has no file name; give a name like "
+        f"out{name.lower()} or a folder like out/"
+    )
 
 
 def is_directory_destination(dest: str | os.PathLike[str]) -> bool:
@@ -39,7 +56,9 @@ def resolve_destination(
     given to generated names. In a directory, if_exists defaults to "unique" and the name
     is ``unique_name(name)``; with "replace" or "error" the file is ``<name><suffix>``, so
     ``name`` is then required. For a file path, if_exists defaults to "error" and the
-    suffix must be one of ``suffixes``.
+    suffix must be one of ``suffixes``. A destination named only an image suffix, such
+    as ``.png``, raises InvalidNameError unless it ends with a separator or is an existing
+    directory.
     """
     if name is not None and not isinstance(name, str):
         raise InvalidTypeError(
@@ -50,6 +69,7 @@ def resolve_destination(
             f"invalid dest {dest!r}: expected a str or path such as 'outputs/', "
             f"got {type(dest).__name__}"
         )
+    _reject_suffix_only_name(dest)
     path = Path(dest)
     if is_directory_destination(dest):
         policy: IfExists = if_exists or "unique"
