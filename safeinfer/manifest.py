@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -179,7 +180,17 @@ class Manifest:
         try:
             fd = os.open(self.path, flags | os.O_EXCL, 0o666)
         except FileExistsError:
-            fd = os.open(self.path, flags, 0o666)
+            fd = os.open(self.path, flags | os.O_NONBLOCK, 0o666)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                # A FIFO here would take the lines and lose them, and then block the
+                # process that reads the manifest back.
+                os.close(fd)
+                raise WriteError(
+                    f"cannot open manifest {self.path}: it is not a regular file; "
+                    "remove it, or write the job to another directory",
+                    path=str(self.path),
+                ) from None
+            os.set_blocking(fd, True)
         else:
             if full:
                 fsync_directory(self.path.parent)
@@ -349,15 +360,16 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestEntry]:
     """Read every entry of one manifest, in file order.
 
     A torn line (a JSON object cut short by a crash) is skipped with a warning. Any other
-    invalid line raises ManifestError naming the file and the line number. Empty lines
-    are ignored.
+    invalid line raises ManifestError naming the file and the line number, and so does
+    a path that is not a regular file (reading a FIFO would block). Empty lines are
+    ignored.
 
     >>> entries = read_manifest("outputs/manifest.jsonl")   # doctest: +SKIP
     >>> entries[0].absolute_path                            # doctest: +SKIP
     PosixPath('outputs/images/20261204T204512123456Z-9f1c2a7be04d3316.png')
     """
     manifest = Path(path)
-    data = manifest.read_bytes()
+    data = _read_regular(manifest)
     lines = data.split(b"\n")
     entries: list[ManifestEntry] = []
     for index, raw in enumerate(lines):
@@ -372,6 +384,15 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestEntry]:
             continue
         entries.append(_parse_line(raw, manifest=manifest, number=number))
     return entries
+
+
+def _read_regular(path: Path) -> bytes:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ManifestError(f"cannot read manifest {path}: it is not a regular file")
+        return file.read()
 
 
 def _parses(raw: bytes) -> bool:

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from safeinfer.manifest import ManifestEntry, read_manifests
 from safeinfer.png import verify_png
@@ -141,6 +141,7 @@ class Command:
     process: subprocess.Popen[bytes]
     stdout_path: Path
     stderr_path: Path
+    copiers: list[threading.Thread] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -148,6 +149,9 @@ class Command:
 
     def output(self) -> tuple[str, str]:
         """Return what the command wrote to stdout and stderr so far."""
+        if self.process.poll() is not None:
+            for copier in self.copiers:
+                copier.join()
         return (
             self.stdout_path.read_text(errors="replace"),
             self.stderr_path.read_text(errors="replace"),
@@ -176,6 +180,11 @@ class Command:
             kill_quietly(pid)
 
 
+def _copy_to_file(stream: IO[bytes], path: Path) -> None:
+    with stream, open(path, "wb") as file:
+        shutil.copyfileobj(stream, file)
+
+
 class Commands:
     """Start commands and kill whatever is left of them when the test ends."""
 
@@ -190,8 +199,13 @@ class Commands:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        through_pipes: bool = False,
     ) -> Command:
-        """Start ``python -m safeinfer ARGS`` in a new session."""
+        """Start ``python -m safeinfer ARGS`` in a new session.
+
+        ``through_pipes`` sends the output through pipes that this process copies to
+        the log files, for a command whose own file writes are limited (RLIMIT_FSIZE).
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         number = len(self.started)
         stdout_path = self.log_dir / f"command-{number}.out"
@@ -200,14 +214,21 @@ class Commands:
             process = subprocess.Popen(
                 [sys.executable, "-m", "safeinfer", *args],
                 stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
+                stdout=subprocess.PIPE if through_pipes else stdout,
+                stderr=subprocess.PIPE if through_pipes else stderr,
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
                 preexec_fn=preexec_fn,
             )
         command = Command(process, stdout_path, stderr_path)
+        if through_pipes:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            for stream, path in ((process.stdout, stdout_path), (process.stderr, stderr_path)):
+                copier = threading.Thread(target=_copy_to_file, args=(stream, path), daemon=True)
+                copier.start()
+                command.copiers.append(copier)
         self.started.append(command)
         return command
 

@@ -108,8 +108,15 @@ def _run_full_disk(
         return
 
     out = tmp_path / "out"
+    # The limit binds every file the job writes, its log files too, so its output
+    # goes through pipes.
     job = commands.generate(
-        prompts, out, model=model_args, workers=workers, preexec_fn=_limit_file_size
+        prompts,
+        out,
+        model=model_args,
+        workers=workers,
+        preexec_fn=_limit_file_size,
+        through_pipes=True,
     )
     with Watcher(out, ledger):
         code, stdout, stderr = job.finish()

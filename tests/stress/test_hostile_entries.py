@@ -227,3 +227,20 @@ def test_planted_entries_rounds(
     round_: int,
 ) -> None:
     test_planted_links_and_fifo_are_replaced(tmp_path, commands, model_args, tally)
+
+
+def test_fifo_at_manifest_name_blocks_nothing(
+    tmp_path: Path, commands: Commands, model_args: tuple[str, ...], tally: Counter[str]
+) -> None:
+    prompts = write_prompts(tmp_path / "prompts.txt", storm_prompts(2))
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "manifest-cpu0.jsonl")
+
+    job = commands.generate(prompts, out, model=model_args)
+    code, _, stderr = job.finish(HOSTILE_TIMEOUT)
+
+    assert code == 1, stderr[-3000:]
+    assert "manifest-cpu0.jsonl: it is not a regular file" in stderr
+    assert stat.S_ISFIFO((out / "manifest-cpu0.jsonl").lstat().st_mode)
+    tally["hostile entries planted"] += 1
