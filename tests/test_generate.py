@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -116,12 +117,28 @@ def test_model_that_cannot_load_stops_job(tmp_path: Path) -> None:
     assert png_files(tmp_path / "out") == []
 
 
-def test_unwritable_output_directory(tmp_path: Path) -> None:
+def test_output_path_through_a_file(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
 
-    with pytest.raises(WriteError, match="not writable"):
-        safeinfer.generate(["7"], blocker / "out", progress=False)
+    with pytest.raises(WriteError, match="is a file, not a directory") as caught:
+        safeinfer.generate(["7"], blocker / "out" / "sub", progress=False)
+    assert str(caught.value).startswith(f"{blocker} in the output directory path ")
+
+    with pytest.raises(WriteError, match="is a file, not a directory") as caught:
+        safeinfer.generate(["7"], blocker, progress=False)
+    assert str(caught.value).startswith(f"{blocker} is a file")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_unwritable_output_directory(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root can write to a read-only directory")
+    out = tmp_path / "read-only"
+    out.mkdir(mode=0o500)
+
+    with pytest.raises(WriteError, match="is not writable"):
+        safeinfer.generate(["7"], out, progress=False)
 
 
 def test_bad_prompt_file_names_line(tmp_path: Path) -> None:

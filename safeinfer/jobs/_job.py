@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -392,6 +393,14 @@ def _check_root(root: Path, *, resume: bool, ignore: set[str]) -> None:
 
 
 def _make_root(root: Path) -> None:
+    blocker = _file_in_path(root)
+    if blocker is not None:
+        where = "" if blocker == root else f" in the output directory path {root}"
+        raise WriteError(
+            f"{blocker}{where} is a file, not a directory; choose another --out directory",
+            path=str(blocker),
+            errno=errno.ENOTDIR,
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
         # Workers fail only after loading the model; checking here saves that time.
@@ -405,3 +414,11 @@ def _make_root(root: Path) -> None:
             path=str(root),
             errno=error.errno,
         ) from error
+
+
+def _file_in_path(root: Path) -> Path | None:
+    """Return the first path of ``root`` and its parents that exists and is no directory."""
+    for path in reversed([root, *root.parents]):
+        if path.exists() and not path.is_dir():
+            return path
+    return None
