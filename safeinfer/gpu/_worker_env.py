@@ -36,7 +36,7 @@ def worker_env(
         parsed = parse_visible_devices(gpu.strip()) if isinstance(gpu, str) else None
         if parsed is None or len(parsed) != 1 or "," in gpu:
             raise ConfigError(
-                f"invalid GPU id {gpu!r}: expected a string holding one index, GPU- UUID "
+                f"invalid GPU id {gpu!r}: expected a string with one index, GPU- UUID "
                 "or MIG- id, as CUDA_VISIBLE_DEVICES lists them (such as '0'), or 'cpu'"
             )
         gpu_id = parsed[0]

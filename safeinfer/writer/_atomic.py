@@ -353,8 +353,8 @@ def atomic_write(
     ``if_exists``: "error" (the default) raises FileExistsConflict. "replace" replaces
     the file atomically and keeps the old file's permission bits. "unique" keeps the old
     file and publishes as ``<stem>-<unique name><suffix>`` instead. ``mode`` sets the permission
-    bits exactly (0 to 0o777; setuid, setgid and sticky bits raise ConfigError); by default
-    a new file gets 0o666 minus the umask, like ``open()``.
+    bits exactly, from 0 to 0o777, so setuid, setgid and sticky bits raise ConfigError.
+    By default a new file gets 0o666 minus the umask, like ``open()``.
 
     Returns a WriteResult with the final path, the size and the SHA-256 of the bytes.
     Raises InvalidTypeError (a TypeError) for text, None or a text stream, before any
