@@ -2,8 +2,8 @@
 
 Each scenario has a short version that runs in the normal test session and a long one
 marked ``stress`` (``nox -s stress``). The tests count what they do (kills, faults,
-hostile inputs, files checked) in :data:`TALLY`; when ``SAFEINFER_STRESS_SUMMARY`` names
-a file, the session writes the counts there as JSON at its end.
+hostile inputs, files checked) in :data:`TALLY`. When ``SAFEINFER_STRESS_SUMMARY``
+names a file, the session writes the counts there as JSON at its end.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every job runs as ``python -m safeinfer generate`` in its own session, so the test can
 find all of its processes (the parent, its workers, multiprocessing's resource tracker)
 by session id, kill them together, and prove that none outlives the job. Output goes to
-files rather than pipes: a pipe that nobody reads fills up and stalls the job.
+files rather than pipes, because a pipe that no one reads fills up and stalls the job.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def descendants(root: int) -> list[int]:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds pass; return its last value."""
+    """Poll ``condition`` until it is true or ``timeout`` seconds pass; return its last value."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

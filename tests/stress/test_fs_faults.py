@@ -3,7 +3,7 @@
 The output directory is made read-only (``chattr +i``, which binds root too, where mode
 bits do not), removed, or replaced by a file while a worker writes into it. The job must
 fail with a clear error or recreate what it owns, publish nothing partial, and keep every
-file its manifests list; a resume after the fault is undone completes the job.
+file its manifests list. Once the fault is undone, a resume completes the job.
 """
 
 from __future__ import annotations

@@ -98,8 +98,8 @@ def test_planted_links_and_fifo_are_replaced(
     with Watcher(out, ledger):
         code, stdout, stderr = job.finish(HOSTILE_TIMEOUT)
 
-    # A link to a folder at an item's name is refused like a folder would be, with
-    # an error that names it; every other planted entry is replaced by the image.
+    # A link to a folder at an item's name is rejected like a folder would be, with
+    # an error that names it. Every other planted entry is replaced by the image.
     assert code == 1, stderr[-3000:]
     assert (
         f"failed {names[1][5:14]}: WriteError: cannot write {out / names[1]}: it is a directory"

@@ -1,7 +1,7 @@
 """Hostile input to the job and the writer: prompts, pixel values, model files.
 
 Prompts carry path separators, ``..``, NUL and control characters, thousands of
-characters and non-Latin-1 text; each becomes a safe file name inside the output tree,
+characters and non-Latin-1 text. Each becomes a safe file name inside the output tree,
 and its exact text survives in the manifest and in the PNG's metadata. Images with NaN or
 infinity are rejected before anything is written, also when a model produces them, and a
 model folder with a corrupt safetensors file fails the job with a clear error. No case
@@ -34,7 +34,7 @@ from stress.harness import (
 
 #: Seconds any job of this file may take.
 JOB_TIMEOUT = 240.0
-#: Longest file name most file systems accept, in bytes.
+#: Maximum length of a file name on most file systems, in bytes.
 NAME_MAX = 255
 
 #: Every prompt names one digit as a separate word, so the embedded digits model

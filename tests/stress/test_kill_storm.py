@@ -127,8 +127,8 @@ def run_storm(
             if code == 0:
                 break
             # An item whose workers were killed more often than --retries allows fails,
-            # and the job exits 1 after finishing the rest; the resume makes it again.
-            # A run without kills has no such excuse.
+            # and the job exits 1 after finishing the rest. The resume makes it again,
+            # but a run without kills has no such excuse.
             assert worker_kills > 0, stdout + stderr[-3000:]
             assert code == 1, stderr
             assert "failed" in stdout + stderr

@@ -1,9 +1,9 @@
 """The verifier over the job's real output and over every kind of damage done to it.
 
-Every file a small generate job publishes is valid; every case the corruption generator
-derives from those files is flagged, by :func:`verify_png` and by ``safeinfer verify``
-over a directory; valid variants stay valid; and ``safeinfer verify --manifest`` names
-the files that were damaged in place after the job recorded them.
+Every file a small generate job publishes is valid. Every case that the corruption
+generator derives from those files is flagged, by :func:`verify_png` and by ``safeinfer
+verify`` over a directory, and valid variants stay valid. ``safeinfer verify --manifest``
+names the files that were damaged in place after the job recorded them.
 """
 
 from __future__ import annotations
