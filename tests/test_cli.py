@@ -30,11 +30,19 @@ def run_safeinfer(*args: str) -> subprocess.CompletedProcess[str]:
         ("generate", ["{tmp}/absent.txt", "--out", "{tmp}/out"]),
         ("launch", ["--workers", "0", "--", "true"]),
         ("launch", ["--workers", "1"]),
+        ("clean", [""]),
+        ("clean", ["{tmp}/bad.jsonl"]),
+        ("launch", ["--workers", "1", "--run-dir", "{tmp}/bad.jsonl", "--", "true"]),
+        ("launch", ["--workers", "1", "--stop-timeout", "nan", "--", "true"]),
+        ("launch", ["--workers", "1", "--health", "notaurl", "--", "true"]),
         ("verify", ["--manifest", "{tmp}/bad.jsonl"]),
+        ("verify", ["--manifest", "{tmp}"]),
+        ("verify", ["{tmp}/empty"]),
     ],
 )
 def test_error_names_subcommand(tmp_path: Path, subcommand: str, args: list[str]) -> None:
     (tmp_path / "bad.jsonl").write_text('{"path": 1}\n{}\n')
+    (tmp_path / "empty").mkdir()
     filled = [arg.format(tmp=tmp_path) for arg in args]
     result = run_safeinfer(subcommand, *filled)
     assert result.returncode == 2

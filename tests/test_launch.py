@@ -484,6 +484,8 @@ def test_gpus_auto_without_gpu_raises(monkeypatch: pytest.MonkeyPatch) -> None:
         {"workers": 1, "backoff": (2.0, 1.0)},
         {"workers": 1, "health_timeout": 0},
         {"workers": 1, "health_timeout": float("nan")},
+        {"workers": 1, "stop_timeout": -1},
+        {"workers": 1, "stop_timeout": float("nan")},
         {"workers": 1, "health": "notaurl"},
         {"workers": 1, "health": "ftp://127.0.0.1:{port}/"},
         {"workers": 1, "health": "http:///health-check"},

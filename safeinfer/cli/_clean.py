@@ -56,11 +56,19 @@ def run(args: argparse.Namespace) -> int:
     from safeinfer.cli import EXIT_OK, EXIT_USAGE
     from safeinfer.writer import clean_stale_temps
 
+    if not args.directory:
+        # An empty path would sweep the current directory, which nobody asked for.
+        print(
+            "safeinfer clean: error: DIR is empty; give the folder to sweep ('.' for this one)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
         removed = clean_stale_temps(
             args.directory, older_than=args.older_than, dry_run=args.dry_run
         )
-    except (FileNotFoundError, NotADirectoryError) as error:
+    except OSError as error:
+        # A missing DIR or a file in its place.
         print(f"safeinfer clean: error: {error.filename}: {error.strerror}", file=sys.stderr)
         return EXIT_USAGE
     for path in removed:

@@ -134,6 +134,8 @@ class Launcher:
             )
             if not health_timeout > 0:  # also rejects NaN
                 raise ConfigError(f"invalid health_timeout={health_timeout}: must be above 0")
+            if not stop_timeout >= 0:  # also rejects NaN
+                raise ConfigError(f"invalid stop_timeout={stop_timeout}: must be 0 or more")
             if health is not None:
                 for worker in self.workers:
                     check_health_url(worker.health_url(health))

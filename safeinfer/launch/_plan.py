@@ -201,5 +201,11 @@ def make_worker_dirs(plan: Sequence[WorkerInfo]) -> None:
     """Create every worker's temp and output directory with mode 0700."""
     for worker in plan:
         for directory in (worker.tmp_dir.parent, worker.tmp_dir, worker.output_dir):
-            directory.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
-            os.chmod(directory, PRIVATE_MODE)
+            try:
+                directory.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
+                os.chmod(directory, PRIVATE_MODE)
+            except OSError as error:
+                raise ConfigError(
+                    f"cannot create worker directory {directory}: {error.strerror}; give a "
+                    "run directory that is a folder this user can write to, or none"
+                ) from error
