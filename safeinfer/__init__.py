@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from safeinfer._version import __version__
 from safeinfer.errors import (
+    ClosedError,
     ConfigError,
     CorruptPngError,
     FileExistsConflict,
@@ -23,6 +24,7 @@ from safeinfer.errors import (
     InvalidImageError,
     InvalidMetadataError,
     InvalidNameError,
+    InvalidTypeError,
     JobError,
     JobInterrupted,
     LaunchError,
@@ -79,6 +81,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "ClosedError",
     "ConfigError",
     "CorruptPngError",
     "FileExistsConflict",
@@ -87,6 +90,7 @@ __all__ = [
     "InvalidImageError",
     "InvalidMetadataError",
     "InvalidNameError",
+    "InvalidTypeError",
     "JobError",
     "JobInterrupted",
     "LaunchError",
