@@ -94,8 +94,8 @@ class ManifestEntry:
         """The recorded file's path: ``path`` resolved against the manifest's directory.
 
         Raises ManifestError when ``path`` leads out of that directory: an absolute path,
-        ``..`` above it, or a symbolic link on the way that points outside. A manifest is
-        data from whoever could write it, so following such a path could make a reader
+        ``..`` above it, or a symbolic link on the way that points outside. Anyone who can
+        write a manifest controls its paths, so following such a path could make a reader
         hash or open any file on the machine (``../../etc/shadow``).
 
         >>> entry.absolute_path                           # doctest: +SKIP
@@ -118,7 +118,7 @@ class ManifestEntry:
 
 def _stays_inside(path: str, target: Path, folder: Path) -> bool:
     # The lexical check catches "..", absolute and drive paths even when nothing exists
-    # on disk; the resolved check catches a symbolic link (a file or a directory on the
+    # on disk. The resolved check catches a symbolic link (a file or a directory on the
     # way) that points outside the folder.
     pure = PurePosixPath(path)
     if pure.is_absolute() or PureWindowsPath(path).is_absolute() or "\0" in path:

@@ -24,7 +24,8 @@ SUBCOMMANDS: tuple[str, ...] = ("clean", "generate", "launch", "verify")
 EXIT_OK = 0
 EXIT_FAILURES = 1
 EXIT_USAGE = 2
-#: What a shell reports for a process that SIGPIPE killed: ``safeinfer verify | head``.
+#: Exit status after the reader of standard output went away (``safeinfer verify | head``):
+#: the status a shell shows for a process that SIGPIPE killed.
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 _SUBCOMMAND = "_subcommand"

@@ -174,8 +174,8 @@ def _nothing_checked(args: argparse.Namespace) -> str:
 def _merge_tasks(paths: Iterable[str], manifest_tasks: list[VerifyTask]) -> Iterator[VerifyTask]:
     """Yield one task per file: PATHs in walk order, then the manifests' other entries.
 
-    Files are told apart by their resolved path, so a file reached as a PATH and through a
-    manifest (or twice as a PATH, or in two manifests) is read once, and its report holds
+    Files are keyed by their resolved path, so a file reached as a PATH and through a
+    manifest (or twice as a PATH, or in two manifests) is read once. Its report contains
     the PNG check and the manifest's size and hash check together.
     """
     by_real_path: dict[str, VerifyTask] = {}
