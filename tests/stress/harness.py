@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -473,12 +473,3 @@ def check_complete(
     assert sorted(recorded - on_disk) == [], "recorded files missing from the tree"
     assert temp_files(root) == [], "temp files left after safeinfer clean"
     assert ledger.lost(root) == [], "recorded files were lost"
-
-
-def copy_tree_files(paths: Sequence[Path], target: Path) -> Iterator[Path]:
-    """Copy ``paths`` into ``target`` under numbered names; yield the copies."""
-    target.mkdir(parents=True, exist_ok=True)
-    for number, path in enumerate(paths):
-        copy = target / f"{number:05d}-{path.name}"
-        shutil.copyfile(path, copy)
-        yield copy
