@@ -107,14 +107,39 @@ def test_unknown_model_name(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_model_that_cannot_load_stops_job(tmp_path: Path) -> None:
-    # A Hub id that is not in the cache fails in the worker, on every restart alike.
-    with pytest.raises(ModelError, match="cannot start workers with model 'nobody/no-model'"):
+def test_offline_hub_id_not_in_cache(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as caught:
         safeinfer.generate(
             ["7"], tmp_path / "out", model="nobody/no-model", local_files_only=True, progress=False
         )
 
+    message = str(caught.value)
+    assert message.startswith("model 'nobody/no-model' is not an embedded model (tiny-digits")
+    assert "not in the Hugging Face cache" in message
+    assert "drop --offline" in message
+    assert "local_files_only=False" not in message
+    assert ".." not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_that_cannot_load_stops_job(tmp_path: Path) -> None:
+    # A folder whose weights are cut short fails in the worker, on every restart alike.
+    folder = _broken_model(tmp_path)
+
+    with pytest.raises(ModelError, match=f"cannot start workers with model '{folder}'"):
+        safeinfer.generate(["7"], tmp_path / "out", model=folder, progress=False)
+
     assert png_files(tmp_path / "out") == []
+
+
+def _broken_model(tmp_path: Path) -> Path:
+    from safeinfer.tiny import load
+
+    folder = tmp_path / "broken-model"
+    load("tiny-sd").save_pretrained(folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    return folder
 
 
 def test_output_path_through_a_file(tmp_path: Path) -> None:

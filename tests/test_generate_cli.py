@@ -208,3 +208,23 @@ def test_guidance_must_be_finite(tmp_path: Path, value: str) -> None:
     assert result.returncode == 2
     assert f"invalid guidance {float(value)!r}: expected a finite number" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_worker_that_cannot_load_exits_quietly(tmp_path: Path) -> None:
+    from safeinfer.tiny import load
+
+    folder = tmp_path / "broken-model"
+    load("tiny-sd").save_pretrained(folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    prompts = _write_prompts(tmp_path, ["7"])
+
+    # The parent stops the worker while it exits. Interpreter teardown in the worker
+    # raced with that SIGTERM, so the test runs the job twice.
+    for attempt in range(2):
+        result = _run(prompts, tmp_path / f"out{attempt}", "--model", str(folder))
+
+        assert result.returncode == 2
+        assert f"cannot start workers with model '{folder}'" in result.stderr
+        assert "Exception ignored" not in result.stderr
+        assert "Traceback" not in result.stderr

@@ -287,7 +287,17 @@ def _worker_config(
     from safeinfer.tiny import DEFAULT_MODEL, resolve_model
 
     name = os.fspath(model) if model is not None else DEFAULT_MODEL
-    resolve_model(name)  # raises ModelError for an unknown name or a missing folder
+    kind, _ = resolve_model(name)  # raises ModelError for an unknown name or a missing folder
+    if kind == "hub" and local_files_only and not _in_hub_cache(name):
+        from safeinfer.errors import ModelError
+        from safeinfer.tiny import MODELS
+
+        raise ModelError(
+            f"model {name!r} is not an embedded model ({', '.join(MODELS)}), not a local "
+            "folder, and not in the Hugging Face cache, the only place --offline "
+            "(local_files_only=True) looks: pass a folder written by save_pretrained, or "
+            "drop --offline to download it from the Hub"
+        )
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"invalid dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if batch_size < 1:
@@ -310,6 +320,16 @@ def _worker_config(
         pipeline_kwargs=dict(pipeline_kwargs or {}),
         log_level=logging.getLogger("safeinfer").getEffectiveLevel(),
     )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return True  # the worker's load reports what is missing
+    # Every diffusers pipeline on the Hub has a model_index.json at its root.
+    found = try_to_load_from_cache(repo_id, "model_index.json")
+    return isinstance(found, str)
 
 
 def _job_size(size: str | tuple[int, int] | None) -> tuple[int | None, int | None]:

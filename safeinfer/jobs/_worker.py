@@ -98,7 +98,12 @@ def worker_main(config: WorkerConfig, slot: WorkerSlot, conn: Connection) -> Non
         logger.error("worker %s: cannot start with model %s: %s", slot.name, config.model, error)
         conn.send(("fatal", f"{type(error).__name__}: {error}"))
         conn.close()
-        sys.exit(EXIT_FATAL)
+        # os._exit skips the interpreter's teardown, where torch's library finalisers
+        # run and the parent's SIGTERM would raise SystemExit inside them and print
+        # "Exception ignored in ... _del_library". The worker has nothing to save.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(EXIT_FATAL)
     conn.send(("ready", device))
 
     from safeinfer.manifest import Manifest
