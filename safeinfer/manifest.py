@@ -234,6 +234,9 @@ class Manifest:
         if self.closed:
             raise ManifestError(f"cannot append to manifest {self.path}: it is closed")
         problem = _entry_problem(entry)
+        if problem is None and os.pardir in PurePosixPath(entry["path"]).parts:
+            # Readers refuse to follow such entries, so writing one would only hide a file.
+            problem = f"'path' must stay inside the manifest's directory, got {entry['path']!r}"
         if problem is not None:
             raise ManifestError(f"invalid manifest entry for {self.path}: {problem}")
         ordered = {key: entry[key] for key in _REQUIRED} | dict(entry)
@@ -273,8 +276,9 @@ class Manifest:
     def record(self, result: WriteResult, **fields: Any) -> dict[str, Any]:
         """Append a line for a published file and return the entry that was written.
 
-        The path is stored relative to the manifest's directory; ``fields`` are added as
-        they are and may not be named path, bytes or sha256.
+        The path is stored relative to the manifest's directory, so the file must lie inside
+        that directory: readers reject entries that point outside it. ``fields`` are added
+        as they are and may not be named path, bytes or sha256.
 
         >>> manifest.record(result, prompt="a cat", seed=7)["path"]  # doctest: +SKIP
         'images/20261204T204512123456Z-9f1c2a7be04d3316.png'
@@ -283,6 +287,11 @@ class Manifest:
         if clashing:
             raise ManifestError(f"fields {clashing} are set from the WriteResult; rename them")
         relative = os.path.relpath(os.path.abspath(result.path), os.path.abspath(self.path.parent))
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+            raise ManifestError(
+                f"{result.path} is outside the manifest's folder {self.path.parent}; "
+                "keep the manifest in the output root or above it"
+            )
         entry = {
             "path": PurePosixPath(Path(relative)).as_posix(),
             "bytes": result.bytes,

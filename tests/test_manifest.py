@@ -69,6 +69,8 @@ def test_record_relative_paths_from_another_cwd(
         (entry(path=""), "'path'"),
         (entry(path="/etc/passwd"), "relative"),
         (entry(path="C:\\x.png"), "relative"),
+        (entry(path="../x.png"), "inside"),
+        (entry(path="a/../../x.png"), "inside"),
         (entry(size=-1), "'bytes'"),
         (entry(size=True), "'bytes'"),  # type: ignore[arg-type]
         ({"path": "a", "bytes": 1, "sha256": "ABC"}, "'sha256'"),
@@ -257,3 +259,12 @@ def test_absolute_path_allows_inside(tmp_path: Path) -> None:
     for path in ("images/a.png", "images/../link.png", "missing/b.png"):
         item = ManifestEntry(path=path, bytes=1, sha256=DIGEST, manifest=manifest)
         assert item.absolute_path == tmp_path / path
+
+
+def test_record_rejects_file_outside_folder(tmp_path: Path) -> None:
+    result = WriteResult(path=tmp_path / "x.png", bytes=1, sha256=DIGEST)
+    manifest_path = tmp_path / "run" / "manifest.jsonl"
+    manifest_path.parent.mkdir()
+    with Manifest(manifest_path) as manifest, pytest.raises(ManifestError, match="outside"):
+        manifest.record(result)
+    assert manifest_path.read_bytes() == b""

@@ -198,8 +198,11 @@ def test_manifest_path_escape_not_read(
         (outputs / "linked").symlink_to(outside)
         path = "linked/secret.png"
     digest = hashlib.sha256(data).hexdigest()
-    with Manifest(outputs / "manifest-0.jsonl") as manifest:
-        manifest.append({"path": path, "bytes": len(data), "sha256": digest})
+    # Written by hand: Manifest.append itself rejects paths that leave the folder, but a
+    # manifest from another tool or an edited one can still hold them.
+    line = json.dumps({"path": path, "bytes": len(data), "sha256": digest})
+    with (outputs / "manifest-0.jsonl").open("a", encoding="utf-8") as manifest_file:
+        manifest_file.write(line + "\n")
 
     code = main(["verify", "--manifest", str(outputs), "--json", "--jobs", "1"])
     assert code == 1
