@@ -12,7 +12,7 @@ from safeinfer.errors import ConfigError
 from safeinfer.gpu import plan_gpu
 from safeinfer.jobs import JobSummary, make_items, read_prompts
 from safeinfer.jobs._cluster import launch_ranks
-from safeinfer.jobs._job import _prepare_root
+from safeinfer.jobs._job import _check_root
 from safeinfer.jobs._rank_engine import merge_summaries
 from safeinfer.jobs._ranks import RankInfo, detect_ranks, gpu_request, rank_threads
 
@@ -203,20 +203,20 @@ def test_manifest_names_per_rank() -> None:
     assert ranks.peer_manifest_names() == {"manifest-rank0.jsonl", "manifest-rank2.jsonl"}
 
 
-def test_prepare_root_ignores_peer_manifests(tmp_path: Path) -> None:
+def test_check_root_ignores_peer_manifests(tmp_path: Path) -> None:
     ranks = RankInfo("torchrun", 1, 2)
     (tmp_path / "manifest-rank0.jsonl").write_text("")
 
-    _prepare_root(tmp_path, resume=False, ignore=ranks.peer_manifest_names())
+    _check_root(tmp_path, resume=False, ignore=ranks.peer_manifest_names())
 
 
 @pytest.mark.parametrize("name", ["manifest-rank1.jsonl", "manifest-rank2.jsonl", "manifest.jsonl"])
-def test_prepare_root_rejects_other_jobs(tmp_path: Path, name: str) -> None:
+def test_check_root_rejects_other_jobs(tmp_path: Path, name: str) -> None:
     ranks = RankInfo("torchrun", 1, 2)
     (tmp_path / name).write_text("")
 
     with pytest.raises(ConfigError, match=name):
-        _prepare_root(tmp_path, resume=False, ignore=ranks.peer_manifest_names())
+        _check_root(tmp_path, resume=False, ignore=ranks.peer_manifest_names())
 
 
 def test_launch_ranks_needs_two_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
