@@ -16,7 +16,7 @@ import multiprocessing.connection
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Final
@@ -29,7 +29,7 @@ from safeinfer.jobs._run import take_batch
 from safeinfer.jobs._worker import EXIT_FATAL, WorkerConfig, WorkerSlot, worker_main
 from safeinfer.manifest import read_manifest
 
-__all__ = ["EngineResult", "LocalEngine"]
+__all__ = ["EngineResult", "LocalEngine", "settle_held_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -226,22 +226,17 @@ class LocalEngine:
         self._in_flight[name] = []
         if not held:
             return
-        recorded = self._recorded(name, {item.id for item in held})
-        requeue = []
-        for item in held:
-            if item.id in recorded:
-                self._result.done[item.id] = recorded[item.id]
-                self._progress.update(ok=True)
-                continue
-            deaths = self._deaths.get(item.id, 0) + 1
-            self._deaths[item.id] = deaths
-            if deaths > self._config.retries:
-                error = f"worker {name} died while making it {deaths} times (last exit code {code})"
-                logger.error("item %s failed: %s", item.id, error)
-                self._result.failed[item.id] = error
-                self._progress.update(ok=False)
-            else:
-                requeue.append(item)
+        requeue = settle_held_items(
+            held,
+            self._recorded(name, {item.id for item in held}),
+            result=self._result,
+            deaths=self._deaths,
+            retries=self._config.retries,
+            progress=self._progress,
+            death=lambda count: (
+                f"worker {name} died while making it {count} times (last exit code {code})"
+            ),
+        )
         if requeue:
             logger.warning(
                 "worker %s exited with code %d holding %d items; putting them back in the queue",
@@ -277,6 +272,40 @@ class LocalEngine:
         self._queue.clear()
         for name in self._in_flight:
             self._in_flight[name] = []
+
+
+def settle_held_items(
+    held: Sequence[Item],
+    recorded: Mapping[str, dict[str, Any]],
+    *,
+    result: EngineResult,
+    deaths: dict[str, int],
+    retries: int,
+    progress: Progress,
+    death: Callable[[int], str],
+) -> list[Item]:
+    """Settle the items of a dead worker; return those to put back in the queue.
+
+    An item in ``recorded`` (its manifest entries by id) is done. Any other item counts
+    one more death in ``deaths``, and fails with the message ``death(count)`` once its
+    count of deaths passes ``retries``.
+    """
+    requeue = []
+    for item in held:
+        if item.id in recorded:
+            result.done[item.id] = recorded[item.id]
+            progress.update(ok=True)
+            continue
+        count = deaths.get(item.id, 0) + 1
+        deaths[item.id] = count
+        if count > retries:
+            error = death(count)
+            logger.error("item %s failed: %s", item.id, error)
+            result.failed[item.id] = error
+            progress.update(ok=False)
+        else:
+            requeue.append(item)
+    return requeue
 
 
 def _file_matches(path: os.PathLike[str], size: int) -> bool:

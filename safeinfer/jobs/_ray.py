@@ -26,7 +26,7 @@ from typing import Any, Final
 
 from safeinfer.errors import ConfigError, MissingDependencyError
 from safeinfer.jobs._items import Item
-from safeinfer.jobs._local import EngineResult
+from safeinfer.jobs._local import EngineResult, settle_held_items
 from safeinfer.jobs._progress import Progress
 from safeinfer.jobs._resume import find_finished
 from safeinfer.jobs._run import ItemOutcome, run_items, take_batch
@@ -291,21 +291,15 @@ class RayEngine:
             "actor %s failed holding %d items: %s", actor.name, len(held), _first_line(error)
         )
         recorded = find_finished(held, self._config.root) if held else {}
-        requeue = []
-        for item in held:
-            if item.id in recorded:
-                self._result.done[item.id] = recorded[item.id].to_dict()
-                self._progress.update(ok=True)
-                continue
-            deaths = self._deaths.get(item.id, 0) + 1
-            self._deaths[item.id] = deaths
-            if deaths > self._config.retries:
-                message = f"actor {actor.name} died while making it {deaths} times"
-                logger.error("item %s failed: %s", item.id, message)
-                self._result.failed[item.id] = message
-                self._progress.update(ok=False)
-            else:
-                requeue.append(item)
+        requeue = settle_held_items(
+            held,
+            {item_id: entry.to_dict() for item_id, entry in recorded.items()},
+            result=self._result,
+            deaths=self._deaths,
+            retries=self._config.retries,
+            progress=self._progress,
+            death=lambda count: f"actor {actor.name} died while making it {count} times",
+        )
         self._queue.extendleft(reversed(requeue))
         restarts = self._restarts.get(actor.slot, 0)
         if restarts < MAX_ACTOR_RESTARTS:
