@@ -236,6 +236,37 @@ def _copies(launcher_pid: int) -> list[int]:
     ]
 
 
+#: Copy kills per launcher before the test stops it and starts a new one. The
+#: supervisor doubles its restart delay with every restart of a copy (0.5 s up to 30 s)
+#: and never lowers it again, so a long storm on one launcher would mostly wait.
+KILLS_PER_LAUNCHER = 8
+
+
+def _copy_starts(launcher_pid: int) -> dict[int, int]:
+    return {pid: (proc_stat(pid) or ("", 0, 0, 0, 0))[4] for pid in _copies(launcher_pid)}
+
+
+def _storm_one_launcher(
+    tmp_path: Path, commands: Commands, out: Path, kills: int, rng: random.Random
+) -> dict[int, int]:
+    """Kill ``kills`` copies of a new launcher, then stop it; return every copy seen."""
+    launcher = _launch(commands, tmp_path, COPY_SCRIPT, str(out))
+    seen: dict[int, int] = {}
+    for _ in range(kills):
+        assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60), "copies not restarted"
+        time.sleep(rng.uniform(0.2, 1.5))
+        seen.update(_copy_starts(launcher.pid))
+        copies = _copies(launcher.pid)
+        assert copies, launcher.output()[1][-2000:]
+        kill_quietly(rng.choice(copies))
+    assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60)
+    seen.update(_copy_starts(launcher.pid))
+    launcher.process.send_signal(signal.SIGTERM)
+    code, _, stderr = launcher.finish(timeout=60)
+    assert code == 128 + signal.SIGTERM, stderr[-2000:]
+    return seen
+
+
 @pytest.mark.parametrize(
     "kills",
     [pytest.param(5, id="short"), pytest.param(40, id="long", marks=pytest.mark.stress)],
@@ -245,28 +276,15 @@ def test_launcher_survives_kill_storm(
 ) -> None:
     rng = random.Random(kills)
     out = tmp_path / "out"
-    launcher = _launch(commands, tmp_path, COPY_SCRIPT, str(out))
-    seen: dict[int, int] = {}
     ledger = Ledger(tmp_path / "published")
     with Watcher(out, ledger):
-        for _ in range(kills):
-            assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60), "copies not restarted"
-            time.sleep(rng.uniform(0.2, 1.5))
-            copies = _copies(launcher.pid)
-            for pid in copies:
-                seen[pid] = (proc_stat(pid) or ("", 0, 0, 0, 0))[4]
-            assert copies, launcher.output()[1][-2000:]
-            kill_quietly(rng.choice(copies))
-            tally["kills: launcher copy"] += 1
-        assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60)
-        for pid in _copies(launcher.pid):
-            seen[pid] = (proc_stat(pid) or ("", 0, 0, 0, 0))[4]
-        launcher.process.send_signal(signal.SIGTERM)
-        code, _, stderr = launcher.finish(timeout=60)
+        for first in range(0, kills, KILLS_PER_LAUNCHER):
+            batch = min(KILLS_PER_LAUNCHER, kills - first)
+            seen = _storm_one_launcher(tmp_path, commands, out, batch, rng)
+            tally["kills: launcher copy"] += batch
+            running = [pid for pid, start in seen.items() if is_running(pid, start)]
+            assert running == [], f"copies outlived the launcher: {running}"
 
-    assert code == 128 + signal.SIGTERM, stderr[-2000:]
-    running = [pid for pid, start in seen.items() if is_running(pid, start)]
-    assert running == [], f"copies outlived the launcher: {running}"
     check_at_rest(out, ledger)
     code, _, stderr = commands.run(["clean", str(out)])
     assert code == 0, stderr
@@ -284,7 +302,7 @@ def test_launcher_survives_kill_storm(
 def test_launcher_sigkill_leaves_no_orphans(tmp_path: Path, commands: Commands) -> None:
     launcher = _launch(commands, tmp_path, "import time\ntime.sleep(600)\n")
     assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60)
-    copies = {pid: (proc_stat(pid) or ("", 0, 0, 0, 0))[4] for pid in _copies(launcher.pid)}
+    copies = _copy_starts(launcher.pid)
 
     kill_quietly(launcher.pid)
     launcher.process.wait()
