@@ -172,3 +172,22 @@ def test_requested_steps_are_not_a_default(
     default_steps = [dataclasses.replace(item, steps=None) for item in items]
 
     assert find_finished(default_steps, root) == {}
+
+
+def test_line_pointing_outside_root_is_redone(
+    finished_job: tuple[Path, list[Item], dict[str, Path]],
+) -> None:
+    root, items, paths = finished_job
+    last = items[-1]
+    outside = root.parent / f"{root.name}-outside.png"
+    outside.write_bytes(paths[items[0].id].read_bytes())
+    entry = json.loads((root / "manifest-cpu0.jsonl").read_text().splitlines()[0])
+    # An edited line for the unfinished item whose path leaves the output root.
+    entry.update(item=last.id, path=f"../{outside.name}")
+    with (root / "manifest-cpu0.jsonl").open("a", encoding="utf-8") as manifest_file:
+        manifest_file.write(json.dumps(entry) + "\n")
+
+    finished = find_finished(items, root)
+
+    assert last.id not in finished
+    assert sorted(finished) == [item.id for item in items[:-1]]

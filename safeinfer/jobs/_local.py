@@ -27,7 +27,7 @@ from safeinfer.jobs._items import Item
 from safeinfer.jobs._progress import Progress
 from safeinfer.jobs._run import take_batch
 from safeinfer.jobs._worker import EXIT_FATAL, WorkerConfig, WorkerSlot, worker_main
-from safeinfer.manifest import read_manifest
+from safeinfer.manifest import ManifestEntry, read_manifest
 
 __all__ = ["EngineResult", "LocalEngine", "settle_held_items"]
 
@@ -260,7 +260,7 @@ class LocalEngine:
         found = {}
         for entry in entries:
             item_id = entry.fields.get("item")
-            if item_id in item_ids and _file_matches(entry.absolute_path, entry.bytes):
+            if item_id in item_ids and _file_matches(entry):
                 found[str(item_id)] = entry.to_dict()
         return found
 
@@ -308,8 +308,9 @@ def settle_held_items(
     return requeue
 
 
-def _file_matches(path: os.PathLike[str], size: int) -> bool:
+def _file_matches(entry: ManifestEntry) -> bool:
     try:
-        return os.stat(path).st_size == size
-    except OSError:
+        return os.stat(entry.absolute_path).st_size == entry.bytes
+    except (ManifestError, OSError):
+        # ManifestError: the line points outside the output root, so it proves nothing.
         return False

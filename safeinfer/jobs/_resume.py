@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
+from safeinfer.errors import ManifestError
 from safeinfer.jobs._items import Item
 from safeinfer.manifest import ManifestEntry, find_manifests, read_manifests
 
@@ -114,7 +115,12 @@ def _first_match(entries: Iterable[ManifestEntry]) -> ManifestEntry | None:
 
 
 def _file_matches(entry: ManifestEntry) -> bool:
-    path = entry.absolute_path
+    try:
+        # An edited or foreign line may point outside the output root: then it is no match.
+        path = entry.absolute_path
+    except ManifestError as error:
+        logger.warning("ignoring manifest line %s:%d: %s", entry.manifest, entry.line, error)
+        return False
     try:
         if os.stat(path).st_size != entry.bytes:
             return False
