@@ -20,7 +20,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-import torch  # noqa: TID251 (a script, not part of the package import)
+import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch  # noqa: TID251 (a script, not part of the package import)
+import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 from sklearn.datasets import load_digits

@@ -190,7 +190,7 @@ def _bind(slot: WorkerSlot) -> str:
 def _require_cuda(gpu: str, device: str) -> None:
     # Without this check a CPU build of torch fails later with "Torch not compiled
     # with CUDA enabled", and a host without a driver quietly runs on the CPU.
-    import torch  # noqa: TID251 (imported lazily, inside the function)
+    import torch
 
     if torch.version.cuda is None:
         reason = f"torch {torch.__version__} is built without CUDA"

@@ -20,7 +20,7 @@ def place_pipeline(pipe: Any, device: str) -> str:
     binds this process's GPU with :func:`~safeinfer.gpu.bind_gpu` (the CPU when there is
     none). Any other value (``"cpu"``, ``"cuda:1"``) is used as given.
     """
-    import torch  # noqa: TID251 (imported lazily, inside the function)
+    import torch
 
     current = torch.device(pipe.device)
     if device == AUTO:

@@ -103,7 +103,7 @@ class CallSpec:
         pipeline_kwargs: Mapping[str, Any],
     ) -> dict[str, Any]:
         """Build the keyword arguments that make exactly the images of ``batch``."""
-        import torch  # noqa: TID251 (imported lazily, inside the function)
+        import torch
 
         arguments: dict[str, Any] = {
             "generator": [

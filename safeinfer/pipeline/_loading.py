@@ -115,7 +115,7 @@ def parse_dtype(value: Any) -> Any:
     """Return the ``torch.dtype`` for a dtype or a name such as ``"float16"``; None stays None."""
     if value is None:
         return None
-    import torch  # noqa: TID251 (imported lazily, inside the function)
+    import torch
 
     if isinstance(value, torch.dtype):
         return value

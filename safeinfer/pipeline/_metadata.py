@@ -21,7 +21,7 @@ from safeinfer.tiny import embedded_name
 def library_versions() -> dict[str, str]:
     """Return the versions of safeinfer, diffusers and torch."""
     import diffusers
-    import torch  # noqa: TID251 (imported lazily, inside the function)
+    import torch
 
     from safeinfer._version import __version__
 

@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any, Final
 
-import torch  # noqa: TID251 (this module is imported only on first use of DigitsPipeline)
+import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 

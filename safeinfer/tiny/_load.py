@@ -102,7 +102,7 @@ def own_weights(pipe: Any) -> None:
     memory and round differently, so an image could depend on the file layout. A copy
     gets an aligned allocation.
     """
-    import torch  # noqa: TID251 (imported lazily, inside the function)
+    import torch
 
     for component in pipe.components.values():
         if not isinstance(component, torch.nn.Module):
