@@ -252,10 +252,8 @@ def corruptions(
     yield "bad-filter-type-mid-image", _with_image_data(chunks, zlib.compress(bytes(bad_filter)))
 
     for number in range(3):
-        position = 2 + rng.randrange(len(zdata) - 6)
-        damaged_stream = bytearray(zdata)
-        damaged_stream[position] ^= 0xFF
-        yield f"zlib-corrupt-crc-ok-case-{number}", _with_image_data(chunks, bytes(damaged_stream))
+        damaged_stream = _damage_stream(zdata, raw, rng)
+        yield f"zlib-corrupt-crc-ok-case-{number}", _with_image_data(chunks, damaged_stream)
     wrong_adler = zdata[:-4] + struct.pack(">I", (zlib.adler32(raw) + 1) & 0xFFFFFFFF)
     yield "adler32-wrong-crc-ok", _with_image_data(chunks, wrong_adler)
     yield "zlib-header-corrupt-crc-ok", _with_image_data(chunks, b"\x78\x00" + zdata[2:])
@@ -271,6 +269,20 @@ def corruptions(
     bad_depth = ihdr.data[:8] + b"\x03" + ihdr.data[9:]
     yield "ihdr-bit-depth-3", build([(b"IHDR", bad_depth), *pairs[1:]])
     yield "unknown-critical-chunk", build([pairs[0], (b"ABCD", b"x"), *pairs[1:]])
+
+
+def _damage_stream(zdata: bytes, raw: bytes, rng: random.Random) -> bytes:
+    # A flipped byte can leave an equivalent stream, one that still inflates to the same
+    # bytes with the right Adler-32; only damage that changes the output counts.
+    while True:
+        position = 2 + rng.randrange(len(zdata) - 6)
+        damaged = bytearray(zdata)
+        damaged[position] ^= 0xFF
+        try:
+            if zlib.decompress(bytes(damaged)) != raw:
+                return bytes(damaged)
+        except zlib.error:
+            return bytes(damaged)
 
 
 def _split_idat_run(chunks: list[RawChunk]) -> bytes:
