@@ -65,7 +65,7 @@ HOSTILE_PROMPTS = [
     "trailing dot. 7",
     "7",
 ]
-#: A prompt that the job must reject with a clear error: PNG text cannot hold NUL.
+#: A prompt that the job rejects with a clear error, because PNG text cannot hold NUL.
 NUL_PROMPT = "nul\x00inside 7"
 
 
@@ -87,7 +87,7 @@ def test_hostile_prompts_get_safe_names(
     tmp_path: Path, commands: Commands, model_args: tuple[str, ...], tally: Counter[str]
 ) -> None:
     prompts = tmp_path / "prompts.jsonl"
-    rows = [*HOSTILE_PROMPTS, NUL_PROMPT]
+    rows = HOSTILE_PROMPTS
     prompts.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in rows))
     out = tmp_path / "job" / "out"
     out.parent.mkdir()
@@ -99,10 +99,7 @@ def test_hostile_prompts_get_safe_names(
     job = commands.generate(prompts, out, model=model_args, cwd=cwd)
     code, _, stderr = job.finish(JOB_TIMEOUT)
 
-    assert code == 1, stderr[-3000:]
-    nul_item = f"{len(HOSTILE_PROMPTS):06d}-00"
-    assert f"1 of {len(rows)} items failed" in stderr
-    assert f"failed {nul_item}: InvalidMetadataError: invalid metadata['prompt']: NUL" in stderr
+    assert code == 0, stderr[-3000:]
     logs = tmp_path / "logs"
     new = _snapshot(watched, out) - before
     stray = sorted(entry for entry in new if not (watched / entry).is_relative_to(logs))
@@ -118,9 +115,28 @@ def test_hostile_prompts_get_safe_names(
         metadata = read_metadata(entry.absolute_path)
         assert metadata["safeinfer"]["prompt"] == text
     ids = [f"{row:06d}-00" for row in range(len(HOSTILE_PROMPTS))]
-    assert nul_item not in by_item
     check_complete(out, ids, Ledger(tmp_path / "published"))
     tally["hostile inputs tried"] += len(rows)
+
+
+def test_nul_prompt_is_rejected_before_work(
+    tmp_path: Path, commands: Commands, model_args: tuple[str, ...], tally: Counter[str]
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    rows = ["digit 1", NUL_PROMPT]
+    prompts.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in rows))
+    out = tmp_path / "out"
+
+    code, _, stderr = commands.run(
+        ["generate", str(prompts), "--out", str(out), *model_args, "--no-progress"],
+        timeout=JOB_TIMEOUT,
+    )
+
+    # Exit code 2: an invalid prompt file, rejected before any worker starts.
+    assert code == 2, stderr[-3000:]
+    assert f"{prompts}:2: invalid prompt: NUL character" in stderr
+    assert published_files(out) == []
+    tally["hostile inputs tried"] += 1
 
 
 BAD_PIXELS = {
