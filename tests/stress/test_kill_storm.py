@@ -252,17 +252,28 @@ def _storm_one_launcher(
     """Kill ``kills`` copies of a new launcher, then stop it; return every copy seen."""
     launcher = _launch(commands, tmp_path, COPY_SCRIPT, str(out))
     seen: dict[int, int] = {}
-    for _ in range(kills):
-        assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60), "copies not restarted"
-        time.sleep(rng.uniform(0.2, 1.5))
+    code: int | None = None
+    stderr = ""
+    try:
+        for _ in range(kills):
+            assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60), "copies not restarted"
+            time.sleep(rng.uniform(0.2, 1.5))
+            seen.update(_copy_starts(launcher.pid))
+            copies = _copies(launcher.pid)
+            assert copies, launcher.output()[1][-2000:]
+            kill_quietly(rng.choice(copies))
+        assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60)
         seen.update(_copy_starts(launcher.pid))
-        copies = _copies(launcher.pid)
-        assert copies, launcher.output()[1][-2000:]
-        kill_quietly(rng.choice(copies))
-    assert wait_until(lambda: len(_copies(launcher.pid)) == 2, 60)
-    seen.update(_copy_starts(launcher.pid))
-    launcher.process.send_signal(signal.SIGTERM)
-    code, _, stderr = launcher.finish(timeout=60)
+        launcher.process.send_signal(signal.SIGTERM)
+        code, _, stderr = launcher.finish(timeout=60)
+    finally:
+        # Copies run in their own sessions, so killing the launcher's session on a
+        # failed test would leave them running.
+        if code != 128 + signal.SIGTERM:
+            seen.update(_copy_starts(launcher.pid))
+            for pid, start in seen.items():
+                if is_running(pid, start):
+                    kill_quietly(pid)
     assert code == 128 + signal.SIGTERM, stderr[-2000:]
     return seen
 
