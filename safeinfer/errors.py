@@ -83,7 +83,7 @@ class FileExistsConflict(WriteError, FileExistsError):
 
 
 class InvalidImageError(SafeInferError, ValueError):
-    """An image has an unsupported type, shape or dtype, or holds NaN or infinity."""
+    """An image has an unsupported type, shape or dtype, or contains NaN or infinity."""
 
 
 class InvalidMetadataError(SafeInferError, ValueError):
@@ -104,7 +104,7 @@ class PngError(SafeInferError):
 
 
 class CorruptPngError(PngError):
-    """The bytes break the PNG rules. ``report`` holds every problem found, when known."""
+    """The bytes break the PNG rules. ``report`` lists every problem found, when known."""
 
     def __init__(self, message: str, *, report: Any = None):
         super().__init__(message)
@@ -122,7 +122,7 @@ class ManifestError(SafeInferError, ValueError):
 class LockError(SafeInferError, OSError):
     """A lock file could not be used (a symlink at its path, a failed open or flock).
 
-    ``lock_file`` names the lock file; ``__cause__`` holds the underlying ``OSError``.
+    ``lock_file`` names the lock file; ``__cause__`` is the underlying ``OSError``.
     """
 
     def __init__(self, message: str, *, lock_file: str | None = None):

@@ -20,10 +20,10 @@ from safeinfer.png._limits import DEFAULT_LIMITS, Limits
 from safeinfer.png._report import Level, PngReport
 from safeinfer.png._structure import ChunkRules
 
-#: What :func:`verify_png` reads: a path, the PNG in memory, or a binary file object.
+#: The input of :func:`verify_png`: a path, the PNG in memory, or a binary file object.
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
-#: The level that :func:`verify_png` and ``safeinfer verify`` use unless told otherwise.
+#: The level that :func:`verify_png` and ``safeinfer verify`` use by default.
 DEFAULT_LEVEL: Final[Level] = "full"
 LEVELS: Final[tuple[str, ...]] = get_args(Level)
 
