@@ -65,7 +65,7 @@ class SafeInferError(Exception):
 class WriteError(SafeInferError, OSError):
     """Publishing a file failed; no partial file is left and the previous file is intact.
 
-    ``path`` is the destination that was being written; ``__cause__`` holds the
+    ``path`` is the destination that was being written; ``__cause__`` is the
     underlying ``OSError`` when there is one, and ``errno`` mirrors it.
     """
 

@@ -218,7 +218,7 @@ def test_limit_dimensions_from_ihdr(png: bytes, limits: Limits, field: str) -> N
 
 
 def test_limit_skips_inflate_of_bomb() -> None:
-    # The stream holds 2 bytes for a claimed 65535x65535 image: inflating would find
+    # The stream contains 2 bytes for a claimed 65535x65535 image: inflating would find
     # "not enough image data", so the limit code proves no inflate ran.
     ihdr = struct.pack(">IIBBBBB", 65535, 65535, 8, 0, 0, 0, 0)
     bomb = build([(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"\x00\x00")), (b"IEND", b"")])

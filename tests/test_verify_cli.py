@@ -145,7 +145,7 @@ def test_manifest_directory_argument(outputs: Path) -> None:
 
 
 def test_manifest_tampered_and_missing(outputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # A valid PNG that holds another request's image, and a file that was never written.
+    # A valid PNG that contains another request's image, and a file that was never written.
     swapped = outputs / "images" / "1.png"
     swapped.write_bytes(sample_png(seed=9))
     (outputs / "images" / "2.png").unlink()

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from safeinfer.writer import clean_stale_temps
 
     if not args.directory:
-        # An empty path would sweep the current directory, which nobody asked for.
+        # An empty path would sweep the current directory, which is never what an empty
+        # argument means.
         print(
             "safeinfer clean: error: DIR is empty; give the folder to sweep ('.' for this one)",
             file=sys.stderr,

@@ -1,8 +1,8 @@
 """The Ray engine: the job on a Ray cluster, one actor per GPU or N CPU actors.
 
 The driver keeps the only queue and hands each actor up to two batches at a time, like
-the local engine, instead of a Ray Data pipeline. The driver then always knows which
-items each actor holds, so when an actor dies it reads the manifests, keeps the items
+the local engine, instead of a Ray Data pipeline. The driver then always records which
+items each actor has been sent, so when an actor dies it reads the manifests, keeps the items
 the actor recorded and puts only the rest back in the queue. Ray Data retries a whole
 block on another actor without that knowledge, which records an item twice when the
 first actor died after writing part of the block; its streaming executor also adds
@@ -38,7 +38,7 @@ __all__ = ["RayEngine", "RayWorker"]
 
 logger = logging.getLogger(__name__)
 
-#: Batches an actor holds at once: the one it runs and the next one, so it never waits
+#: Batches sent to an actor at once: the one it runs and the next one, so it never waits
 #: for the driver between batches.
 PREFETCH_BATCHES: Final = 2
 #: Seconds the driver waits for a result before it checks its actors again.

@@ -1,4 +1,4 @@
-"""Health probes: one HTTP GET that tells whether a server is ready for requests."""
+"""Health probes: one HTTP GET that checks whether a server is ready for requests."""
 
 from __future__ import annotations
 

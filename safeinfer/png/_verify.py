@@ -54,7 +54,7 @@ def check_png(
 ) -> PngReport:
     """Check a PNG like :func:`verify_png`, but raise when it is not ok.
 
-    Raises :class:`~safeinfer.errors.CorruptPngError` whose ``report`` attribute holds the
+    Raises :class:`~safeinfer.errors.CorruptPngError` whose ``report`` attribute is the
     :class:`PngReport`, also for a file over ``limits`` (it could not be verified); the
     problem kinds in the report tell corrupt bytes from an unsupported or oversized file.
 
